@@ -1,0 +1,1 @@
+"""The vaultd client library: backup keys, the encrypted backup format, vault access."""

@@ -1,0 +1,1 @@
+"""vaultd: the replicated backup-key vault daemon."""

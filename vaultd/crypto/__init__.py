@@ -1,0 +1,1 @@
+"""Cryptography shared by the vault and its clients: OPRF, OPAQUE-3DH, key derivation."""
