@@ -36,3 +36,33 @@ class StorageError(RaftError):
 
 class CorruptLog(StorageError):
     """Stored data failed its checksum somewhere other than a torn tail."""
+
+
+class CodecError(RaftError):
+    """Bytes from the wire could not be turned into messages (or messages into bytes)."""
+
+
+class FrameError(CodecError):
+    """The framing is broken: unknown version byte, truncated frame, or a frame too large."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame's payload exceeds the configured maximum (``size`` > ``limit``)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame payload of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class MalformedMessage(CodecError):
+    """A payload is not a well-formed batch of messages (bad msgpack, bad shape or bad
+    value), or a message holds a value the wire format cannot carry."""
+
+
+class TransportError(RaftError):
+    """A node-to-node connection failed or was refused."""
+
+
+class PeerRejected(TransportError):
+    """A peer authenticated but may not talk to us: unknown node id, or messages not its own."""
