@@ -99,6 +99,10 @@ def deserialize_element(data: bytes) -> bytes:
         raise InvalidEncoding(f"group element must be {ELEMENT_BYTES} bytes, got {len(data)}")
     if data == IDENTITY_ENCODING:
         raise InvalidEncoding("group element is the identity")
+    if data[31] & 0x80:
+        # RFC 9496 §4.3.1 makes the top bit part of the canonical check; libsodium 1.0.18
+        # (Debian 12's) ignores it, so two encodings of each point would otherwise pass.
+        raise InvalidEncoding("not a canonical ristretto255 encoding (top bit set)")
     # The length check above is load-bearing: pysodium passes the buffer straight to C,
     # which reads 32 bytes whatever its size.
     if not pysodium.crypto_core_ristretto255_is_valid_point(data):
@@ -127,6 +131,8 @@ def scalar_mult(scalar: bytes, element: bytes) -> bytes:
     """
     if len(scalar) != SCALAR_BYTES or len(element) != ELEMENT_BYTES:
         raise InvalidEncoding("scalar_mult operands must be 32 bytes each")
+    if element[31] & 0x80:
+        raise InvalidEncoding("not a canonical ristretto255 encoding (top bit set)")
     try:
         product: bytes = pysodium.crypto_scalarmult_ristretto255(scalar, element)
     except ValueError as exc:
@@ -202,7 +208,13 @@ def hash_to_group(msg: bytes, dst: bytes) -> bytes:
 
     The result can in principle be the identity; callers that must refuse it check.
     """
-    uniform = expand_message_xmd(msg, dst, UNIFORM_BYTES)
+    return element_from_uniform_bytes(expand_message_xmd(msg, dst, UNIFORM_BYTES))
+
+
+def element_from_uniform_bytes(uniform: bytes) -> bytes:
+    """The one-way map of RFC 9496 §4.3.4 from 64 uniform bytes to an element."""
+    if len(uniform) != UNIFORM_BYTES:
+        raise InvalidInput(f"the one-way map needs {UNIFORM_BYTES} bytes, got {len(uniform)}")
     element: bytes = pysodium.crypto_core_ristretto255_from_hash(uniform)
     return element
 

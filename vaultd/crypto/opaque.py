@@ -508,15 +508,15 @@ def _preamble(
     )
 
 
-def _derive_keys(ikm: bytes, preamble: bytes) -> tuple[bytes, bytes, bytes]:
-    """(server MAC key Km2, client MAC key Km3, session key) per RFC 9807 §6.4.2."""
+def _derive_keys(ikm: bytes, preamble: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(handshake secret, server MAC key Km2, client MAC key Km3, session key), §6.4.2."""
     prk = _extract(b"", ikm)
     transcript = hashlib.sha512(preamble).digest()
     handshake_secret = _expand_label(prk, b"HandshakeSecret", transcript, NX)
     session_key = _expand_label(prk, b"SessionKey", transcript, NX)
     km2 = _expand_label(handshake_secret, b"ServerMAC", b"", NX)
     km3 = _expand_label(handshake_secret, b"ClientMAC", b"", NX)
-    return km2, km3, session_key
+    return handshake_secret, km2, km3, session_key
 
 
 # --------------------------------------------------------------------------- registration
@@ -643,7 +643,7 @@ def generate_ke2(
         + group.scalar_mult(setup.private_key, ke1.client_public_keyshare)
         + group.scalar_mult(server_secret, record.client_public_key)
     )
-    km2, km3, session_key = _derive_keys(ikm, preamble)
+    _, km2, km3, session_key = _derive_keys(ikm, preamble)
     server_mac = _hmac(km2, hashlib.sha512(preamble).digest())
     expected_client_mac = _hmac(km3, hashlib.sha512(preamble + server_mac).digest())
     ke2 = KE2(evaluated, masking_nonce, masked_response, server_nonce, server_keyshare, server_mac)
@@ -697,7 +697,7 @@ def generate_ke3(
         + group.scalar_mult(state.client_secret, server_public_key)
         + group.scalar_mult(client_private_key, ke2.server_public_keyshare)
     )
-    km2, km3, session_key = _derive_keys(ikm, preamble)
+    _, km2, km3, session_key = _derive_keys(ikm, preamble)
     expected_server_mac = _hmac(km2, hashlib.sha512(preamble).digest())
     if not hmac.compare_digest(expected_server_mac, ke2.server_mac):
         raise ServerAuthenticationError("server MAC does not verify")
