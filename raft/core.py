@@ -135,13 +135,12 @@ class RawNode:
         self.stable_index = self.last_index()  # persisted through this index
         self._unsent_from = self.last_index() + 1  # first entry not yet handed to the driver
 
-        self.conf = self._snap_conf
-        self.pending_conf_index = 0
-        self._recompute_conf()
-
         self.role = Role.FOLLOWER
         self.leader: NodeId | None = None
         self.progress: dict[NodeId, Progress] = {}
+        self.conf = self._snap_conf
+        self.pending_conf_index = 0
+        self._recompute_conf()
         self._votes: dict[NodeId, bool] = {}
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -691,6 +690,11 @@ class RawNode:
         self._send(Message(t, self.id, m.src, self.term, **fields))  # type: ignore[arg-type]
 
     def _handle_append(self, m: Message) -> None:
+        if self._snapshot is None:
+            # No base (a new or wiped node): entries alone would leave us without
+            # the membership they build on.  ``force`` asks for a snapshot.
+            self._reply(m, _MT.APPEND_RESP, index=m.index, reject=True, force=True)
+            return
         prev, entries = m.index, m.entries
         if prev < self.commit:
             # Entries up to our commit index are committed and therefore match.
@@ -742,7 +746,7 @@ class RawNode:
     def _handle_snapshot(self, m: Message) -> None:
         meta = m.snapshot
         assert meta is not None  # validated
-        if meta.index <= self.commit:
+        if meta.index <= self.commit and self._snapshot is not None:
             # Already have everything it covers: acknowledge as installed.
             self._incoming = None
             self._reply(m, _MT.SNAPSHOT_RESP, index=meta.index, done=True, snapshot=meta)
@@ -766,7 +770,7 @@ class RawNode:
 
     def _restore(self, snap: Snapshot) -> None:
         meta = snap.meta
-        if self.term_at(meta.index) == meta.term:
+        if self._snapshot is not None and self.term_at(meta.index) == meta.term:
             # Our log already contains the snapshot's last entry: just commit to it.
             self.commit = meta.index
             return
@@ -792,9 +796,9 @@ class RawNode:
                 # Another incarnation than before: its disk was wiped, so what it
                 # matched is gone; find the match point anew.
                 pr.incarnation = m.incarnation
-            pr.match = 0
-            pr.read_ack = 0
-            pr.become_probe()
+                pr.match = 0
+                pr.read_ack = 0
+                pr.become_probe()
         pr.recent_active = True
         if m.type is _MT.APPEND_RESP:
             self._handle_append_response(m, pr)
@@ -805,10 +809,15 @@ class RawNode:
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         if m.reject:
-            if m.index <= pr.match or (pr.state is ProgressState.PROBE and m.index != pr.next - 1):
-                return  # stale rejection
             if pr.state is ProgressState.SNAPSHOT:
                 return
+            if m.force and self._snapshot is not None:
+                pr.match = 0
+                pr.become_snapshot(self._snapshot)
+                self._send_snapshot_chunk(m.src, pr)
+                return
+            if m.index <= pr.match or (pr.state is ProgressState.PROBE and m.index != pr.next - 1):
+                return  # stale rejection
             nxt = m.hint_index
             if m.hint_term:
                 nxt = self._find_conflict_by_term(m.hint_index, m.hint_term)

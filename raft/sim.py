@@ -171,6 +171,7 @@ class RunStats:
     events: int = 0
     max_term: int = 0
     committed: int = 0
+    snapshots_installed: int = 0
     heal_to_commit_ms: float | None = None
 
 
@@ -368,6 +369,8 @@ class Cluster:
             self._send(m)
         if rd.snapshot is not None:
             node.machine.restore(rd.snapshot.meta.index, rd.snapshot.data)
+            self.stats.snapshots_installed += 1
+            self.log(f"n{n} installed a snapshot at {rd.snapshot.meta.index}")
         for e in rd.committed:
             self._apply(node, e)
         for rs in rd.read_states:
