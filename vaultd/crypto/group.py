@@ -18,20 +18,55 @@ The arithmetic functions also refuse bad operands with a typed error rather than
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
+import importlib
 import secrets
 from collections.abc import Callable
+from types import ModuleType
 from typing import Final
 
 from vaultd.crypto.errors import BackendUnavailable, InvalidEncoding, InvalidInput
 
-try:
-    import pysodium
-except (OSError, ValueError) as exc:  # pysodium raises ValueError when libsodium is absent
-    raise BackendUnavailable(
-        "cannot load the system libsodium through pysodium; install libsodium23 "
-        f"(libsodium >= 1.0.18): {exc}"
-    ) from exc
+# Sonames to try: Debian 12 ships .23 (1.0.18); later releases renamed the package
+# (libsodium26, 1.0.19+). The unversioned name exists only with the -dev package.
+_SONAMES: Final = ("libsodium.so.23", "libsodium.so.26", "libsodium.so")
+
+
+def _import_pysodium() -> ModuleType:
+    """Import pysodium without letting it run ``/sbin/ldconfig -p``.
+
+    pysodium locates libsodium with ctypes.util.find_library, which on Linux forks and execs
+    ldconfig. Under a systemd unit that restricts exec (NoExecPaths=, SystemCallFilter=
+    without @process) that fails and pysodium reports libsodium missing. dlopen() by soname
+    needs no helper process, so answer pysodium's lookup from it during the import.
+    """
+    real_find_library = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        if name in ("sodium", "libsodium"):
+            for soname in _SONAMES:
+                try:
+                    ctypes.CDLL(soname)
+                except OSError:
+                    continue
+                return soname
+        return real_find_library(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        return importlib.import_module("pysodium")
+    except (OSError, ValueError) as exc:  # pysodium raises ValueError without libsodium
+        raise BackendUnavailable(
+            "cannot load the system libsodium through pysodium; install libsodium23 "
+            f"(libsodium >= 1.0.18): {exc}"
+        ) from exc
+    finally:
+        ctypes.util.find_library = real_find_library
+
+
+pysodium = _import_pysodium()
 
 # ristretto255 arrived in libsodium 1.0.18. Check both the version and the symbols, since
 # a distribution may build libsodium with --enable-minimal, which drops some of them.

@@ -327,3 +327,16 @@ def test_importing_the_backend_writes_nothing_to_the_temp_directory(tmp_path: Pa
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True)
     assert list(tmpdir.iterdir()) == []
+
+
+def test_importing_the_backend_starts_no_helper_process() -> None:
+    # ctypes.util.find_library would run /sbin/ldconfig; a sandbox may forbid exec.
+    code = (
+        "import subprocess\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise PermissionError('exec forbidden by the sandbox')\n"
+        "subprocess.Popen = refuse\n"
+        "from vaultd.crypto import group\n"
+        "assert group.scalar_mult_base((1).to_bytes(32, 'little'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
