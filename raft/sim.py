@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import confchange
 from .core import Config, RawNode
 from .errors import ConfChangeRejected, NotLeader, ProposalDropped, RaftError
 from .types import (
@@ -578,8 +579,8 @@ class Cluster:
     def can_wipe(self, n: NodeId) -> bool:
         """Whether every configuration any node holds keeps an intact majority without ``n``."""
         for node in self.nodes.values():
-            conf = node.core.conf if node.core is not None else None
-            if conf is None or not conf.voters:
+            conf = node.core.conf if node.core is not None else _disk_conf(node.disk)
+            if not conf.voters:
                 continue
             intact = sum(
                 1
@@ -687,6 +688,15 @@ class Cluster:
         self.heal_all()
         self.check_liveness()
         return self.stats
+
+
+def _disk_conf(disk: Disk) -> ConfState:
+    """The membership a crashed node will come back with."""
+    conf = disk.snapshot.meta.conf if disk.snapshot is not None else ConfState()
+    for e in disk.entries:
+        if e.kind is EntryKind.CONF_CHANGE:
+            conf = confchange.apply(conf, confchange.decode(e.data))
+    return conf
 
 
 def random_schedule(rng: random.Random, nodes: int, duration_ms: int, count: int) -> list[Fault]:

@@ -45,8 +45,8 @@ def run_figure_8(factory: type[RawNode] = RawNode) -> Net:
     net.mailbox.clear()
     assert net.node(5).term_at(2) == 2
     net.crash(5)
-    # (c) n1 restarts and wins term 3; A (term 1) reaches n3, so a majority holds it,
-    #     but n1's own term-3 entry reaches nobody.
+    # (c) n1 restarts and wins term 3; A (term 1) reaches n3 and n4, so a majority
+    #     holds it (and n1 knows it), but n1's own term-3 entry reaches nobody.
     net.start(1)
     net.elect(1, {1, 2, 3, 4})
     term3 = net.node(1).term
@@ -59,14 +59,14 @@ def run_figure_8(factory: type[RawNode] = RawNode) -> Net:
 
     net.deliver(
         lambda m: (
-            {m.src, m.dst} <= {1, 2, 3}
+            {m.src, m.dst} <= {1, 3, 4}
             and not would_store_term3(m)
             and m.type is not MessageType.HEARTBEAT
         )
     )
     net.mailbox.clear()
-    holders = [i for i in (1, 2, 3) if net.node(i).term_at(2) == 1]
-    assert holders == [1, 2, 3], "A should now sit on a majority"
+    holders = [i for i in (1, 2, 3, 4) if net.node(i).term_at(2) == 1]
+    assert holders == [1, 2, 3, 4], "A should now sit on a majority"
     # (d) n1 crashes; n5 restarts, wins with n2, n3, n4 (its last term 2 beats their 1)
     #     and overwrites index 2 everywhere.
     net.crash(1)
