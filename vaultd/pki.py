@@ -30,7 +30,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -49,6 +49,7 @@ __all__ = [
     "PemFileError",
     "PkiError",
     "PrivateKey",
+    "TlsConnection",
     "TlsFiles",
     "client_ssl_context",
     "create_ca",
@@ -378,7 +379,17 @@ def node_id_from_der(der: bytes) -> int:
     return node_id_from_cert(cert)
 
 
-def peer_node_id(conn: ssl.SSLObject | ssl.SSLSocket) -> int:
+class TlsConnection(Protocol):
+    """What :func:`peer_node_id` needs of a connection: ``ssl.SSLSocket``,
+    ``ssl.SSLObject`` and ``trio.SSLStream`` all qualify."""
+
+    @property
+    def context(self) -> ssl.SSLContext: ...
+
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+
+
+def peer_node_id(conn: TlsConnection) -> int:
     """The node id of the peer of an established TLS connection.
 
     Refuses (NotANodeCertificate) unless the connection's context required and
