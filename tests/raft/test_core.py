@@ -1,0 +1,225 @@
+"""RawNode's contract: bad input never corrupts state, API misuse is a typed error."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raft.core import Config, RawNode
+from raft.errors import ConfChangeRejected, InvalidMessage, NotLeader, ProposalDropped, RaftError
+from raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryKind,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+)
+
+from .harness import Net
+
+
+def fingerprint(node: RawNode) -> tuple[object, ...]:
+    return (node.status(), node.term, node.vote, list(node.entries), node.has_ready())
+
+
+def follower() -> RawNode:
+    conf = ConfState(voters=((1, 11), (2, 12), (3, 13)))
+    return RawNode(
+        Config(id=1),
+        rng=random.Random(1),
+        incarnation=11,
+        snapshot=Snapshot(SnapshotMeta(0, 0, conf), b""),
+    )
+
+
+GOOD = Message(MessageType.APPEND, src=2, dst=1, term=1, incarnation=12)
+
+MALFORMED = [
+    ("not a message", "just a string"),
+    ("unknown type", replace(GOOD, type=99)),
+    ("str term", replace(GOOD, term="1")),
+    ("bool index", replace(GOOD, index=True)),
+    ("negative commit", replace(GOOD, commit=-1)),
+    ("absurd index", replace(GOOD, index=2**64)),
+    ("wrong destination", replace(GOOD, dst=7)),
+    ("from itself", replace(GOOD, src=1)),
+    ("from node 0", replace(GOOD, src=0)),
+    ("entries not a list", replace(GOOD, entries=(Entry(1, 1, EntryKind.NORMAL, b"x"),))),
+    ("entry gap", replace(GOOD, entries=[Entry(1, 2, EntryKind.NORMAL, b"x")])),
+    ("entry term above message", replace(GOOD, entries=[Entry(5, 1, EntryKind.NORMAL, b"x")])),
+    ("entry data not bytes", replace(GOOD, entries=[Entry(1, 1, EntryKind.NORMAL, "x")])),
+    ("entry kind unknown", replace(GOOD, entries=[Entry(1, 1, 9, b"x")])),
+    ("not an entry", replace(GOOD, entries=[(1, 1, 0, b"x")])),
+    (
+        "entries on a heartbeat",
+        replace(GOOD, type=MessageType.HEARTBEAT, entries=[Entry(1, 1, EntryKind.NORMAL, b"")]),
+    ),
+    ("prev term above term", replace(GOOD, log_term=3)),
+    ("snapshot without meta", replace(GOOD, type=MessageType.SNAPSHOT)),
+    (
+        "snapshot meta inconsistent",
+        replace(GOOD, type=MessageType.SNAPSHOT, snapshot=SnapshotMeta(0, 1, ConfState())),
+    ),
+]
+
+
+@pytest.mark.parametrize(("why", "msg"), MALFORMED, ids=[w for w, _ in MALFORMED])
+def test_malformed_messages_are_rejected_without_touching_state(why: str, msg: object) -> None:
+    node = follower()
+    before = fingerprint(node)
+    err = node.step(msg)  # type: ignore[arg-type]
+    assert isinstance(err, InvalidMessage), why
+    assert fingerprint(node) == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.builds(
+        Message,
+        type=st.sampled_from(list(MessageType)) | st.integers(-2, 20),
+        src=st.integers(-1, 5) | st.booleans(),
+        dst=st.just(1) | st.integers(0, 3),
+        term=st.integers(0, 5) | st.text(max_size=2),
+        incarnation=st.integers(0, 14),
+        index=st.integers(-1, 10) | st.none(),
+        log_term=st.integers(0, 5),
+        entries=st.lists(
+            st.builds(
+                Entry,
+                st.integers(0, 5),
+                st.integers(0, 10),
+                st.sampled_from(list(EntryKind)),
+                st.binary(max_size=4),
+            ),
+            max_size=3,
+        ),
+        commit=st.integers(0, 12),
+        reject=st.booleans(),
+        hint_index=st.integers(0, 10),
+        hint_term=st.integers(0, 5),
+        context=st.integers(0, 3),
+    )
+)
+def test_step_never_raises_on_arbitrary_messages(msg: Message) -> None:
+    node = follower()
+    node.step(msg)
+    node.tick()
+    if node.has_ready():
+        node.advance(node.ready())
+
+
+def test_proposals_and_reads_on_a_follower_raise_not_leader_with_a_hint() -> None:
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    net.deliver()
+    with pytest.raises(NotLeader) as info:
+        net.node(2).propose(b"x")
+    assert info.value.leader_hint == 1
+    with pytest.raises(NotLeader):
+        net.node(2).read_index("r")
+    with pytest.raises(NotLeader):
+        net.node(2).propose_conf_change(ConfChange(ConfChangeType.REMOVE, 3))
+
+
+def test_membership_change_rules() -> None:
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    leader = net.node(1)
+    with pytest.raises(ConfChangeRejected, match="not yet committed"):
+        leader.propose_conf_change(ConfChange(ConfChangeType.REMOVE, 3))
+    net.deliver()
+    with pytest.raises(ConfChangeRejected, match="not a learner"):
+        leader.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, 2))
+    with pytest.raises(ConfChangeRejected, match="not a member"):
+        leader.propose_conf_change(ConfChange(ConfChangeType.REMOVE, 9))
+    with pytest.raises(ConfChangeRejected, match="invalid node id"):
+        leader.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 0))
+    leader.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    with pytest.raises(ConfChangeRejected, match="not yet committed"):
+        leader.propose_conf_change(ConfChange(ConfChangeType.REMOVE, 2))
+    net.deliver()
+    with pytest.raises(ConfChangeRejected, match="not caught up"):
+        leader.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, 4))
+    assert leader.conf.learner_ids() == {4}
+
+
+def test_proposals_are_refused_during_leadership_transfer() -> None:
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    net.deliver()
+    net.node(1).transfer_leadership(2)
+    with pytest.raises(ProposalDropped):
+        net.node(1).propose(b"x")
+    with pytest.raises(RaftError):
+        net.node(1).transfer_leadership(9)
+    net.deliver()
+    assert net.node(2).status()["role"] == "leader"
+
+
+def test_ready_advance_misuse_is_a_typed_error() -> None:
+    net = Net(1)
+    node = net.node(1)
+    node.campaign()
+    rd = node.ready()
+    with pytest.raises(RaftError):
+        node.ready()
+    with pytest.raises(RaftError):
+        node.advance(replace(rd))
+    node.advance(rd)
+    with pytest.raises(RaftError):
+        node.compact(10, b"")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Config(id=0),
+        Config(id=1, election_tick=1, heartbeat_tick=1),
+        Config(id=1, max_inflight_msgs=0),
+    ],
+)
+def test_bad_config_is_refused(cfg: Config) -> None:
+    with pytest.raises(RaftError):
+        RawNode(cfg, rng=random.Random(0), incarnation=1)
+
+
+def test_restored_entries_must_form_a_log() -> None:
+    with pytest.raises(RaftError, match="not a log"):
+        RawNode(
+            Config(id=1),
+            rng=random.Random(0),
+            incarnation=1,
+            entries=[Entry(1, 1, EntryKind.NORMAL, b""), Entry(1, 3, EntryKind.NORMAL, b"")],
+        )
+
+
+def test_single_node_commits_and_reads_alone() -> None:
+    net = Net(1)
+    node = net.node(1)
+    node.campaign()
+    net.pump()
+    index = node.propose(b"x")
+    node.read_index("r")
+    rd = node.ready()
+    assert [s.request for s in rd.read_states] == ["r"]
+    net.disks[1].persist(rd)
+    node.advance(rd)
+    net.pump()
+    assert node.commit == index
+    assert [e.data for e in net.applied[1] if e.kind is EntryKind.NORMAL] == [b"x"]
+
+
+def test_a_node_without_a_snapshot_asks_for_one_and_never_votes() -> None:
+    wiped = RawNode(Config(id=3), rng=random.Random(0), incarnation=99)
+    assert not wiped.is_voter()
+    wiped.step(Message(MessageType.VOTE, src=2, dst=3, term=5, incarnation=12, index=9, log_term=4))
+    resp = wiped.ready().messages
+    assert [(m.type, m.reject) for m in resp] == [(MessageType.VOTE_RESP, True)]
