@@ -66,3 +66,88 @@ class TransportError(RaftError):
 
 class PeerRejected(TransportError):
     """A peer authenticated but may not talk to us: unknown node id, or messages not its own."""
+
+
+# --- storage (raft/wal.py, raft/snapshots.py, raft/storage.py) ---------------
+
+
+class CorruptRecord(CorruptLog):
+    """A WAL record (or a segment file as a whole) is damaged somewhere other than the
+    torn tail of the last segment.  ``path`` and ``offset`` say where."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(
+            f"{path}: corrupt WAL at byte offset {offset}: {reason} "
+            "(see docs/storage.md, 'Corruption')"
+        )
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class CorruptSnapshot(CorruptLog):
+    """A snapshot file failed its checksum or does not parse; ``path`` names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: corrupt snapshot file: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class StorageLocked(StorageError):
+    """Another process (or another Storage in this one) has the directory open."""
+
+
+class StorageClosed(StorageError):
+    """The Storage was closed, or failed earlier and refuses further work."""
+
+
+class InvalidStorageInput(StorageError):
+    """The caller asked for something the log cannot hold: a gap, entries at or below
+    the snapshot, overwriting committed entries, a stale snapshot, a second vote in
+    one term, or values of the wrong type.  Nothing was written."""
+
+
+class BootstrapMismatch(StorageError):
+    """The directory was created with a different bootstrap configuration."""
+
+
+# --- runtime (raft/runtime.py) ----------------------------------------------
+
+
+class LeadershipLost(NotLeader):
+    """This node stopped being leader after it appended the proposal but before the
+    proposal was applied.  The outcome is unknown: the entry may still be committed
+    by the next leader.  Retry only operations that are idempotent."""
+
+
+class RequestTimeout(RaftError):
+    """A runtime request did not finish within its timeout."""
+
+
+class ProposalTimeout(RequestTimeout):
+    """The proposal was not applied in time.  If it had been appended, the outcome is
+    unknown: it may still be committed and applied later."""
+
+
+class ReadTimeout(RequestTimeout):
+    """A linearizable read did not get its read point in time; nothing was read."""
+
+
+class TransferTimeout(RequestTimeout):
+    """Leadership did not move to another node in time (the transfer was abandoned)."""
+
+
+class NodeStopped(RaftError):
+    """The node is not running (not started yet, shut down, or crashed).  A request
+    that was in flight when it stopped has an unknown outcome."""
+
+
+class InvalidRequest(RaftError, ValueError):
+    """A runtime request or option is malformed (wrong type, out of range, too large);
+    nothing was proposed or changed."""
+
+
+class StateMachineFailed(RaftError):
+    """The state machine raised while applying a committed entry or restoring a
+    snapshot.  The node stops: continuing could make its replica diverge."""
