@@ -19,8 +19,9 @@ have no I/O, clock or global state, so the RFC test vectors are reproduced exact
 
 Deterministic KE2: the vault must be able to regenerate the *identical* KE2 after a leader
 failover without counting a new guess. :func:`derive_server_randomness` derives the masking
-nonce, server nonce and server keyshare seed (and fake-record material) from a server
-secret and the attempt's identifying bytes; pass its fields to :func:`generate_ke2`.
+nonce, server nonce and server keyshare seed (and the fake masking key) from a server
+secret and the attempt's identifying bytes; pass its fields to :func:`generate_ke2` (or
+:func:`generate_fake_ke2`).
 
 Messages are frozen, slotted dataclasses. Building one checks lengths and, for group
 elements, validity (canonical, not the identity), so an instance is always well-formed;
@@ -82,6 +83,9 @@ SERVER_SETUP_BYTES: Final = NSK + NPK + NH
 _OPRF_KEY_INFO: Final = b"OPAQUE-DeriveKeyPair"
 _DH_KEY_INFO: Final = b"OPAQUE-DeriveDiffieHellmanKeyPair"
 _PREAMBLE_LABEL: Final = b"OPAQUEv1-"
+# Expand info for the fake client key seed; OPRF key seeds use info ending in "OprfKey",
+# so no credential identifier can make the two derivations meet.
+_FAKE_CLIENT_KEY_INFO: Final = b"vaultd-FakeClientKeySeed"
 _MAX_FIELD: Final = 0xFFFF
 
 
@@ -136,11 +140,17 @@ class ServerSetup:
 
     One ServerSetup serves every user; each user's OPRF key is derived from ``oprf_seed``
     and the credential identifier. Keep it secret (it lives in the HSM layer).
+
+    ``fake_client_public_key`` is derived, not stored: the client key that fake records for
+    unknown users carry. Its private half is derived from ``oprf_seed`` and never used, so
+    only the holder of the setup could tell a fake KE2 by it. Computing it once here, rather
+    than per request, keeps the unknown-user path exactly as costly as the real one.
     """
 
     private_key: bytes = field(repr=False)
     public_key: bytes
     oprf_seed: bytes = field(repr=False)
+    fake_client_public_key: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _require_scalar("server private key", self.private_key)
@@ -148,6 +158,9 @@ class ServerSetup:
         _require_len("oprf_seed", self.oprf_seed, NH)
         if group.scalar_mult_base(self.private_key) != self.public_key:
             raise InvalidEncoding("server public key does not match the private key")
+        fake_seed = _expand(self.oprf_seed, _FAKE_CLIENT_KEY_INFO, NSEED)
+        _, fake_public_key = derive_diffie_hellman_key_pair(fake_seed)
+        object.__setattr__(self, "fake_client_public_key", fake_public_key)
 
     @classmethod
     def generate(
@@ -726,10 +739,10 @@ def create_fake_record(
 ) -> RegistrationRecord:
     """A stand-in record for a user who is not registered (RFC 9807 §6.3.2.2, §10.9).
 
-    It has a real client public key (by default from a fresh random key pair whose private
-    half is thrown away), a random masking key and an all-zero envelope, so the KE2 built
-    from it is indistinguishable from a real one to anyone without the user's password,
-    and no KE3 will verify.
+    It has a valid client public key whose private half nobody uses (by default from a
+    fresh random key pair; generate_fake_ke2 passes ``setup.fake_client_public_key``), a
+    random masking key and an all-zero envelope, so the KE2 built from it is
+    indistinguishable from a real one to anyone without the password, and no KE3 verifies.
     """
     if client_public_key is None:
         _, client_public_key = derive_diffie_hellman_key_pair(
@@ -744,6 +757,7 @@ def generate_fake_ke2(
     *,
     setup: ServerSetup,
     credential_identifier: bytes,
+    fake_masking_key: bytes | None = None,
     fake_record: RegistrationRecord | None = None,
     server_identity: bytes | None = None,
     client_identity: bytes | None = None,
@@ -757,9 +771,18 @@ def generate_fake_ke2(
 
     Use the real ``setup`` and the identifier the client asked for, so that repeated
     queries for the same unknown user see a consistent OPRF evaluation, exactly as for a
-    registered user. ``fake_record`` defaults to a fresh :func:`create_fake_record`.
+    registered user. The fake record carries ``setup.fake_client_public_key`` and
+    ``fake_masking_key`` (random unless given); alternatively pass a whole ``fake_record``
+    (as the RFC's fake test vector does), but not both.
     """
-    record = create_fake_record(rng=rng) if fake_record is None else fake_record
+    if fake_record is None:
+        record = create_fake_record(
+            client_public_key=setup.fake_client_public_key, masking_key=fake_masking_key, rng=rng
+        )
+    elif fake_masking_key is not None:
+        raise InvalidInput("pass fake_masking_key or fake_record, not both")
+    else:
+        record = fake_record
     return generate_ke2(
         ke1,
         record,
@@ -788,15 +811,8 @@ class ServerRandomness:
     masking_nonce: bytes = field(repr=False)
     server_nonce: bytes = field(repr=False)
     server_keyshare_seed: bytes = field(repr=False)
-    fake_client_keyshare_seed: bytes = field(repr=False)
     fake_masking_key: bytes = field(repr=False)
-
-    def fake_record(self) -> RegistrationRecord:
-        """The fake record for an unknown user, derived from the same inputs."""
-        _, client_public_key = derive_diffie_hellman_key_pair(self.fake_client_keyshare_seed)
-        return create_fake_record(
-            client_public_key=client_public_key, masking_key=self.fake_masking_key
-        )
+    """Used only by generate_fake_ke2, for an unknown user."""
 
 
 def derive_server_randomness(secret: bytes, *parts: bytes) -> ServerRandomness:
@@ -814,6 +830,6 @@ def derive_server_randomness(secret: bytes, *parts: bytes) -> ServerRandomness:
     if len(secret) < 32:
         raise InvalidInput("derive_server_randomness needs a secret of at least 32 bytes")
     info = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
-    sizes = (NN, NN, NSEED, NSEED, NH)
+    sizes = (NN, NN, NSEED, NH)
     okm = _expand(_extract(_RANDOMNESS_SALT, secret), info, sum(sizes))
     return ServerRandomness(*_split(okm, sum(sizes), *sizes))

@@ -322,6 +322,29 @@ def test_unknown_user_sees_a_stable_oprf_but_fresh_masking_like_a_real_user() ->
         assert first.server_public_keyshare != second.server_public_keyshare
 
 
+def test_fake_client_key_is_a_secret_function_of_the_setup() -> None:
+    fake_key = SETUP.fake_client_public_key
+    assert group.deserialize_element(fake_key) == fake_key
+    assert fake_key not in (SETUP.public_key, OTHER_SETUP.fake_client_public_key)
+    assert opaque.ServerSetup.deserialize(SETUP.serialize()).fake_client_public_key == fake_key
+    # Derived from oprf_seed alone: a new server key pair with the same seed keeps it.
+    rekeyed = opaque.ServerSetup.generate(oprf_seed=SETUP.oprf_seed)
+    assert rekeyed.fake_client_public_key == fake_key
+    assert fake_key.hex() not in repr(SETUP)
+
+
+def test_fake_ke2_refuses_two_sources_of_fake_record() -> None:
+    ke1, _ = opaque.generate_ke1(PASSWORD)
+    with pytest.raises(InvalidInput):
+        opaque.generate_fake_ke2(
+            ke1,
+            setup=SETUP,
+            credential_identifier=b"nobody",
+            fake_record=opaque.create_fake_record(),
+            fake_masking_key=bytes(64),
+        )
+
+
 def test_fake_record_has_a_valid_key_and_a_zero_envelope() -> None:
     record = opaque.create_fake_record()
     assert opaque.RegistrationRecord.deserialize(record.serialize()) == record
@@ -361,20 +384,21 @@ def test_derived_fake_ke2_is_reproducible_too() -> None:
     ke1, _ = opaque.generate_ke1(PASSWORD)
     randomness = opaque.derive_server_randomness(b"s" * 32, b"nobody", ke1.serialize())
 
-    def answer() -> bytes:
+    def answer(setup: opaque.ServerSetup) -> bytes:
         ke2, _ = opaque.generate_fake_ke2(
             ke1,
-            setup=SETUP,
+            setup=setup,
             credential_identifier=b"nobody",
-            fake_record=randomness.fake_record(),
+            fake_masking_key=randomness.fake_masking_key,
             masking_nonce=randomness.masking_nonce,
             server_nonce=randomness.server_nonce,
             server_keyshare_seed=randomness.server_keyshare_seed,
         )
         return ke2.serialize()
 
-    assert answer() == answer()
-    assert randomness.fake_record() == randomness.fake_record()
+    # Same answer from a setup reloaded elsewhere (another leader), different under another.
+    assert answer(SETUP) == answer(opaque.ServerSetup.deserialize(SETUP.serialize()))
+    assert answer(SETUP) != answer(OTHER_SETUP)
 
 
 def test_derived_randomness_separates_inputs() -> None:
@@ -393,10 +417,9 @@ def test_derived_randomness_separates_inputs() -> None:
         base.masking_nonce,
         base.server_nonce,
         base.server_keyshare_seed,
-        base.fake_client_keyshare_seed,
         base.fake_masking_key,
     ]
-    assert [len(f) for f in fields] == [32, 32, 32, 32, 64]
+    assert [len(f) for f in fields] == [32, 32, 32, 64]
     assert len(set(fields)) == len(fields)
 
 
