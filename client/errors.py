@@ -168,6 +168,10 @@ class KeyWrapError(ClientError):
     """A wrapped backup key could not be produced or opened."""
 
 
+class InvalidExportKey(KeyWrapError, ValueError):
+    """The export_key given is not the 64 bytes OPAQUE produces."""
+
+
 class WrappedKeyFormatError(KeyWrapError):
     """The wrapped-key blob is malformed (length, magic) or of an unknown version."""
 
