@@ -396,7 +396,7 @@ class RawNode:
                 active += 1
         for node, pr in self.progress.items():
             if node != self.id:
-                pr.recent_active = False
+                pr.was_active, pr.recent_active = pr.recent_active, False
         return active >= self._quorum()
 
     def propose(self, data: bytes) -> int:
@@ -446,10 +446,33 @@ class RawNode:
             if self.conf.voter_ids() == {cc.node}:
                 raise ConfChangeRejected("cannot demote the last voter")
             cc = ConfChange(cc.type, cc.node, 0)
+        if cc.type is not ConfChangeType.PROMOTE:
+            self._check_quorum_survives(confchange.apply(self.conf, cc))
         index = self.last_index() + 1
         self._append([Entry(self.term, index, EntryKind.CONF_CHANGE, confchange.encode(cc))])
         self._after_leader_append()
         return index
+
+    def _check_quorum_survives(self, new: ConfState) -> None:
+        """Refuse a removal or demotion that would leave no live, intact majority.
+
+        Counting only voters that answer with the incarnation the configuration
+        names keeps an operator from, say, demoting a healthy voter while
+        another one's disk is wiped: the cluster would never commit again.
+        """
+        healthy = 0
+        for node, inc in new.voters:
+            if node == self.id:
+                healthy += inc == self.incarnation
+                continue
+            pr = self.progress.get(node)
+            alive = pr is not None and (pr.recent_active or pr.was_active)
+            healthy += alive and pr is not None and pr.incarnation == inc
+        if healthy < len(new.voters) // 2 + 1:
+            raise ConfChangeRejected(
+                f"only {healthy} of the {len(new.voters)} remaining voters are reachable "
+                "and intact: the change would lose the quorum"
+            )
 
     def _check_can_propose(self) -> None:
         if self.role is not Role.LEADER:

@@ -23,6 +23,7 @@ class Progress:
     incarnation: int = 0  # as the follower last reported it; 0 until it has answered
     paused: bool = False  # PROBE: an append is outstanding
     recent_active: bool = False  # heard from since the last CheckQuorum round
+    was_active: bool = False  # heard from in the round before that
     sent_commit: int = 0  # highest commit index this follower was told
     inflight: deque[int] = field(default_factory=deque)  # last index of each append in flight
     read_ack: int = 0  # highest ReadIndex round this follower confirmed

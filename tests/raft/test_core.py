@@ -223,3 +223,16 @@ def test_a_node_without_a_snapshot_asks_for_one_and_never_votes() -> None:
     wiped.step(Message(MessageType.VOTE, src=2, dst=3, term=5, incarnation=12, index=9, log_term=4))
     resp = wiped.ready().messages
     assert [(m.type, m.reject) for m in resp] == [(MessageType.VOTE_RESP, True)]
+
+
+def test_removal_that_would_lose_the_quorum_is_refused() -> None:
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    net.deliver()
+    net.crash(3)
+    # Node 3 is down and unheard of in the next CheckQuorum rounds.
+    for _ in range(2 * net.node(1).config.election_tick):
+        net.node(1).tick()
+        net.deliver(lambda m: m.dst != 3)
+    with pytest.raises(ConfChangeRejected, match="lose the quorum"):
+        net.node(1).propose_conf_change(ConfChange(ConfChangeType.REMOVE, 2))

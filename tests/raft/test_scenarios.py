@@ -213,6 +213,7 @@ def test_leader_removing_itself_steps_down_once_committed() -> None:
     c = Cluster(3, seed=8)
     ld = _wait_leader(c)
     _wait_committed_conf(c)
+    c.run_until(c.now + 200 * MS)  # let the new leader hear from everyone first
     assert c.change_membership("remove", ld.id)
     c.run_until(c.now + 2000 * MS, stop=lambda: c.leader() not in (None, ld))
     assert ld.core is not None and ld.core.role is not Role.LEADER
