@@ -517,6 +517,8 @@ class Wal:
             is_last = k == len(found) - 1
             data = p.read_bytes()
             records, torn = scan_segment(str(p), data, codec, last=is_last)
+            if not records:  # segments are created holding their header record
+                raise CorruptRecord(str(p), 0, "empty segment file")
             head = records[0]  # scan_segment refuses a damaged first record
             if head.rtype != RecordType.SEGMENT:
                 raise CorruptRecord(str(p), 0, "the first record is not a segment header")
