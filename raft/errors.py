@@ -109,7 +109,7 @@ class InvalidStorageInput(StorageError):
 
 
 class BootstrapMismatch(StorageError):
-    """The directory was created with a different bootstrap configuration."""
+    """The directory was created with a different bootstrap configuration or incarnation."""
 
 
 # --- runtime (raft/runtime.py) ----------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 
 __all__ = ["Syncer", "atomic_write", "write_all"]
 
+
 class Syncer:
     """Flushes files and directories, counting what it did."""
 

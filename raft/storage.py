@@ -249,6 +249,7 @@ class Storage:
         path: str | os.PathLike[str],
         *,
         bootstrap: ConfState | None = None,
+        incarnation: int | None = None,
         unsafe_no_fsync: bool = False,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         retain_snapshots: int = 3,
@@ -256,7 +257,13 @@ class Storage:
         """Open (creating if missing or empty) the storage directory at ``path`` and recover it.
 
         ``bootstrap`` is stored when the directory is created; reopening with
-        a different non-None value raises BootstrapMismatch.  ``unsafe_no_fsync``
+        a different non-None value raises BootstrapMismatch.  ``incarnation``
+        exists for cluster initialization only, where a bootstrap membership
+        must name every node's incarnation before the nodes' directories
+        exist: it is used instead of a random draw when the directory is
+        created, and checked (BootstrapMismatch) when it is reopened.  Never
+        pass it when re-creating a wiped node: a wiped node must come back as
+        a new incarnation.  ``unsafe_no_fsync``
         skips every flush (benchmarks only: a crash can lose or tear
         acknowledged data) and logs a warning.  Raises StorageLocked if the
         directory is open elsewhere, CorruptLog (or a subclass naming file and
@@ -266,6 +273,10 @@ class Storage:
         p = Path(path)
         if bootstrap is not None:
             validate_conf(bootstrap, "bootstrap")
+        if incarnation is not None and not (
+            type(incarnation) is int and 0 < incarnation <= _MAX_U64
+        ):
+            raise InvalidStorageInput("incarnation must be an int in 1..2**64-1")
         if type(segment_bytes) is not int or segment_bytes < MIN_SEGMENT_BYTES:
             raise InvalidStorageInput(f"segment_bytes must be an int >= {MIN_SEGMENT_BYTES}")
         if type(retain_snapshots) is not int or retain_snapshots < 1:
@@ -293,6 +304,7 @@ class Storage:
                 p,
                 lock_fd,
                 bootstrap,
+                incarnation,
                 Syncer(enabled=not unsafe_no_fsync),
                 segment_bytes,
                 retain_snapshots,
@@ -307,13 +319,14 @@ class Storage:
         p: Path,
         lock_fd: int,
         bootstrap: ConfState | None,
+        incarnation: int | None,
         syncer: Syncer,
         segment_bytes: int,
         retain: int,
     ) -> Storage:
         wal_dir, snap_dir, meta_path = p / "wal", p / "snap", p / "META"
         if not meta_path.exists():
-            return cls._create(p, lock_fd, bootstrap, syncer, segment_bytes, retain)
+            return cls._create(p, lock_fd, bootstrap, incarnation, syncer, segment_bytes, retain)
         try:
             meta = _decode_meta(meta_path, meta_path.read_bytes())
         except OSError as exc:
@@ -321,6 +334,10 @@ class Storage:
         if bootstrap is not None and bootstrap != meta.bootstrap:
             raise BootstrapMismatch(
                 f"{p} was created with bootstrap {meta.bootstrap}, not {bootstrap}"
+            )
+        if incarnation is not None and incarnation != meta.incarnation:
+            raise BootstrapMismatch(
+                f"{p} has incarnation {meta.incarnation:016x}, not {incarnation:016x}"
             )
         for d in (wal_dir, snap_dir):
             if not d.is_dir():
@@ -353,13 +370,14 @@ class Storage:
         p: Path,
         lock_fd: int,
         bootstrap: ConfState | None,
+        incarnation: int | None,
         syncer: Syncer,
         segment_bytes: int,
         retain: int,
     ) -> Storage:
         wal_dir, snap_dir = p / "wal", p / "snap"
         cls._clear_interrupted_creation(p)
-        meta = _Meta(_new_incarnation(), os.urandom(32), bootstrap)
+        meta = _Meta(incarnation or _new_incarnation(), os.urandom(32), bootstrap)
         wal_dir.mkdir(mode=0o700, exist_ok=True)
         snap_dir.mkdir(mode=0o700, exist_ok=True)
         syncer.sync_dir(p)

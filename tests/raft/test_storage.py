@@ -83,6 +83,20 @@ def test_bootstrap_mismatch_on_reopen(tmp_path: Path) -> None:
     Storage.open(d).close()
 
 
+def test_cluster_init_can_choose_the_incarnation(tmp_path: Path) -> None:
+    """Initialization writes a bootstrap naming every node's incarnation before the
+    nodes' directories exist, so it may hand each node the incarnation to record."""
+    d = tmp_path / "n"
+    with Storage.open(d, bootstrap=CONF, incarnation=0xBB) as s:
+        assert s.incarnation == 0xBB == s.recovered.incarnation
+    Storage.open(d, incarnation=0xBB).close()
+    with pytest.raises(BootstrapMismatch, match="incarnation"):
+        Storage.open(d, incarnation=0xBC)
+    for bad in (0, -1, 2**64, "7", True):
+        with pytest.raises(InvalidStorageInput, match="incarnation"):
+            Storage.open(tmp_path / "other", incarnation=bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "conf",
     [
