@@ -124,10 +124,9 @@ class RaftSettings:
     ``election_ticks`` to ``2 * election_ticks`` ticks without a leader."""
 
     tick_ms: int = 20
-    election_ticks: int = 15
-    heartbeat_ticks: int = 3
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
     fsync: bool = True
-    max_batch_entries: int = 4096
     snapshot_entries: int = 10000
     proposal_timeout_ms: int = 5000
 
@@ -345,7 +344,6 @@ def _raft(s: _Section) -> RaftSettings:
         election_ticks=s.integer("election_ticks", d.election_ticks, lo=2, hi=10_000),
         heartbeat_ticks=s.integer("heartbeat_ticks", d.heartbeat_ticks, lo=1, hi=10_000),
         fsync=s.boolean("fsync", d.fsync),
-        max_batch_entries=s.integer("max_batch_entries", d.max_batch_entries, lo=1, hi=1 << 20),
         snapshot_entries=s.integer("snapshot_entries", d.snapshot_entries, lo=1, hi=1 << 40),
         proposal_timeout_ms=s.integer(
             "proposal_timeout_ms", d.proposal_timeout_ms, lo=1, hi=3_600_000
@@ -513,7 +511,6 @@ def render_node_config(cfg: NodeConfig, base: Path) -> str:
         f"election_ticks = {r.election_ticks}",
         f"heartbeat_ticks = {r.heartbeat_ticks}",
         f"fsync = {'true' if r.fsync else 'false'}",
-        f"max_batch_entries = {r.max_batch_entries}",
         f"snapshot_entries = {r.snapshot_entries}",
         f"proposal_timeout_ms = {r.proposal_timeout_ms}",
         "",

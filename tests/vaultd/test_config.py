@@ -145,7 +145,7 @@ def _del(doc: dict[str, Any], dotted: str) -> None:
         ("node.peer_listen", "[zz]:7001", "node.peer_listen", "not an IPv6 address"),
         ("node.peer_listen", ":7001", "node.peer_listen", "not 'host:port'"),
         ("node.client_listen", "127.0.0.1:7001", "node.client_listen", "must differ"),
-        ("raft.heartbeat_ticks", 15, "raft.heartbeat_ticks", "smaller than raft.election_ticks"),
+        ("raft.heartbeat_ticks", 10, "raft.heartbeat_ticks", "smaller than raft.election_ticks"),
         ("peers.0.id", 1, "peers[0].id", "listed twice"),
         ("peers.1.id", 2, "peers[1].id", "listed twice"),
         ("tls.key", "credential:", "tls.key", "bad credential name"),

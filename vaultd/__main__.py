@@ -1,0 +1,7 @@
+"""``python -m vaultd``: the same as the ``vaultd`` script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,395 @@
+"""``vaultd serve``: one node, i.e. a Raft node and the client service in one trio nursery.
+
+The replicated state is a :class:`ClusterStateMachine`: the application
+machine (the interim :class:`vaultd.kvstore.KVStore`) plus the cluster's
+*address book*, so that a node added at run time becomes reachable by every
+member through the same log that adds it.  Log commands carry a one-byte tag
+(:data:`TAG_APP`, :data:`TAG_DIRECTORY`).
+
+SIGTERM and SIGINT trigger a graceful shutdown: the client port stops taking
+requests, the node hands leadership over if it has it, and the process exits
+0.  Storage damage that recovery must not paper over (corruption in the middle
+of the log) stops the node before it joins anything, with the file and offset
+on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+import trio
+
+from raft import errors as raft_errors
+from raft.types import ConfChange, ConfChangeType
+
+from . import pki
+from .config import Address, NodeConfig, format_address, parse_address
+from .errors import (
+    BadRequest,
+    CommandError,
+    CorruptState,
+    InternalError,
+    NotLeader,
+    Rejected,
+    Timeout,
+    Unavailable,
+)
+from .kvstore import KVStore, Result
+from .service import Service
+
+__all__ = [
+    "TAG_APP",
+    "TAG_DIRECTORY",
+    "ClusterStateMachine",
+    "Directory",
+    "NodeBackend",
+    "configure_logging",
+    "serve",
+]
+
+log: Final = logging.getLogger("vaultd.daemon")
+
+TAG_APP: Final = 0x00
+TAG_DIRECTORY: Final = 0x01
+_SNAPSHOT_VERSION: Final = 1
+
+
+# ---------------------------------------------------------------- state machine
+
+
+@dataclass(slots=True)
+class Directory:
+    """Where each node listens: ``node id -> (peer address, client address)``."""
+
+    entries: dict[int, tuple[Address, Address]] = field(default_factory=dict)
+
+
+def encode_directory_set(node: int, peer: Address, client: Address) -> bytes:
+    body: bytes = msgpack.packb(["set", node, format_address(peer), format_address(client)])
+    return bytes([TAG_DIRECTORY]) + body
+
+
+def encode_directory_remove(node: int) -> bytes:
+    body: bytes = msgpack.packb(["remove", node])
+    return bytes([TAG_DIRECTORY]) + body
+
+
+class ClusterStateMachine:
+    """The replicated state of a node: the application machine plus the address book.
+
+    Implements :class:`raft.statemachine.StateMachine`.  ``on_directory`` is
+    called (with the whole directory) after every change to the address book,
+    including a restore, so the daemon can update its transport's peer table.
+    """
+
+    def __init__(
+        self,
+        app: KVStore,
+        initial: dict[int, tuple[Address, Address]],
+        on_directory: Callable[[dict[int, tuple[Address, Address]]], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.directory = Directory(dict(initial))
+        self._on_directory = on_directory
+
+    def set_listener(self, fn: Callable[[dict[int, tuple[Address, Address]]], None]) -> None:
+        self._on_directory = fn
+
+    def _changed(self) -> None:
+        if self._on_directory is not None:
+            self._on_directory(dict(self.directory.entries))
+
+    def apply(self, index: int, command: bytes) -> object:
+        if command[:1] == bytes([TAG_APP]):
+            return self.app.apply(index, command[1:])
+        if command[:1] == bytes([TAG_DIRECTORY]):
+            return self._apply_directory(command[1:])
+        return CommandError("unknown command tag")
+
+    def _apply_directory(self, body: bytes) -> object:
+        try:
+            cmd = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+            if type(cmd) is not list or not cmd:
+                raise ValueError("not a directory command")
+            if cmd[0] == "set" and len(cmd) == 4 and type(cmd[1]) is int:
+                self.directory.entries[cmd[1]] = (parse_address(cmd[2]), parse_address(cmd[3]))
+            elif cmd[0] == "remove" and len(cmd) == 2 and type(cmd[1]) is int:
+                self.directory.entries.pop(cmd[1], None)
+            else:
+                raise ValueError("not a directory command")
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            return CommandError(f"bad directory command: {exc}")
+        self._changed()
+        return None
+
+    def query(self, query: bytes) -> object:
+        return self.app.query(query)
+
+    def snapshot(self) -> bytes:
+        body = {
+            "v": _SNAPSHOT_VERSION,
+            "dir": [
+                [n, format_address(p), format_address(c)]
+                for n, (p, c) in sorted(self.directory.entries.items())
+            ],
+            "app": self.app.snapshot(),
+        }
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        return packed
+
+    def restore(self, index: int, data: bytes) -> None:
+        if not data:
+            # The bootstrap snapshot (index 0) carries no application state.
+            self.app.restore(index, KVStore().snapshot())
+            return
+        try:
+            body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+            if type(body) is not dict or body.get("v") != _SNAPSHOT_VERSION:
+                raise ValueError("not a cluster snapshot")
+            entries = {}
+            for n, p, c in body["dir"]:
+                if type(n) is not int:
+                    raise ValueError("bad node id")
+                entries[n] = (parse_address(p), parse_address(c))
+            app_data = body["app"]
+            if type(app_data) is not bytes:
+                raise ValueError("bad application snapshot")
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            raise CorruptState(f"cluster snapshot at {index}: {exc}") from None
+        self.app.restore(index, app_data)
+        self.directory.entries = entries
+        self._changed()
+
+
+# ---------------------------------------------------------------- backend
+
+
+class NodeBackend:
+    """Adapts :class:`raft.runtime.RaftNode` to what :class:`vaultd.service.Service`
+    needs, turning Raft's exceptions into the service's typed errors."""
+
+    def __init__(self, node: Any, machine: ClusterStateMachine, cfg: NodeConfig) -> None:
+        self.node = node
+        self.machine = machine
+        self.cfg = cfg
+
+    def _client_address(self, node_id: int | None) -> str | None:
+        if node_id is None:
+            return None
+        entry = self.machine.directory.entries.get(node_id)
+        return format_address(entry[1]) if entry else None
+
+    def _not_leader(self, exc: raft_errors.NotLeader) -> NotLeader:
+        hint = exc.leader_hint
+        return NotLeader(f"node {self.cfg.id} is not the leader", hint, self._client_address(hint))
+
+    async def _run(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except raft_errors.LeadershipLost as exc:
+            # Appended, then leadership moved: the entry may still commit.
+            raise Timeout(f"{exc}; the outcome is unknown") from None
+        except raft_errors.NotLeader as exc:
+            raise self._not_leader(exc) from None
+        except raft_errors.ConfChangeRejected as exc:
+            raise Rejected(str(exc)) from None
+        except raft_errors.InvalidRequest as exc:
+            raise BadRequest(str(exc)) from None
+        except (raft_errors.ProposalDropped, raft_errors.NodeStopped) as exc:
+            raise Unavailable(str(exc)) from None
+        except raft_errors.RequestTimeout as exc:
+            raise Timeout(str(exc)) from None
+        except raft_errors.RaftError as exc:
+            raise InternalError(f"{type(exc).__name__}: {exc}") from None
+
+    async def propose(self, command: bytes) -> Result:
+        result = await self._run(self.node.propose(bytes([TAG_APP]) + command))
+        if isinstance(result, CommandError):
+            raise InternalError(str(result))
+        return result  # type: ignore[no-any-return]
+
+    async def read(self, query: bytes) -> Result:
+        try:
+            return await self._run(self.node.read(query))  # type: ignore[no-any-return]
+        except CommandError as exc:
+            raise InternalError(str(exc)) from None
+
+    def status(self) -> dict[str, Any]:
+        st = dict(self.node.status())
+        stats = self.node.stats.as_dict()
+        st["stats"] = stats
+        st["fsyncs"] = stats.get("flushes", 0)
+        st["client_address"] = format_address(self.cfg.client_listen)
+        st["peer_address"] = format_address(self.cfg.peer_listen)
+        st["directory"] = {
+            str(n): {"peer": format_address(p), "client": format_address(c)}
+            for n, (p, c) in sorted(self.machine.directory.entries.items())
+        }
+        leader = st.get("leader")
+        st["leader_client_address"] = self._client_address(leader if type(leader) is int else None)
+        return _plain(st)  # type: ignore[no-any-return]
+
+    async def add_member(self, node: int, peer: Address, client: Address) -> Any:
+        # The address book entry first: once it applies, every member dials the
+        # new node, so it can catch up as soon as it is a learner.
+        await self._run(self.node.propose(encode_directory_set(node, peer, client)))
+        index = await self._run(
+            self.node.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, node))
+        )
+        return {"node": node, "learner": True, "index": index}
+
+    async def promote_member(self, node: int) -> Any:
+        index = await self._run(
+            self.node.change_membership(ConfChange(ConfChangeType.PROMOTE, node))
+        )
+        return {"node": node, "voter": True, "index": index}
+
+    async def remove_member(self, node: int) -> Any:
+        index = await self._run(
+            self.node.change_membership(ConfChange(ConfChangeType.REMOVE, node))
+        )
+        if node != self.cfg.id:
+            await self._run(self.node.propose(encode_directory_remove(node)))
+        return {"node": node, "removed": True, "index": index}
+
+    async def transfer_leadership(self, target: int | None) -> Any:
+        return await self._run(self.node.transfer_leadership(target))
+
+
+def _plain(v: Any) -> Any:
+    """A status value as plain msgpack/JSON data (enums become their names)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [_plain(x) for x in v]
+    if isinstance(v, bool | int | float | str | bytes) or v is None:
+        return v
+    return str(v)
+
+
+# ---------------------------------------------------------------- serve
+
+
+def configure_logging(level: str, *, prefix: str | None) -> None:
+    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    if prefix:
+        fmt = f"{prefix} {fmt}"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+_FATAL: Final = (
+    raft_errors.StorageError,
+    raft_errors.StateMachineFailed,
+    raft_errors.TransportError,
+    raft_errors.InvalidRequest,
+    CorruptState,
+    pki.PkiError,
+    OSError,
+)
+
+
+def _fatal_cause(exc: BaseException) -> BaseException | None:
+    """The first error of a kind that stops a node for cause, looking inside groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _fatal_cause(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, _FATAL) else None
+
+
+def serve(cfg: NodeConfig) -> int:
+    """Run one node until SIGTERM/SIGINT; returns the process exit status (0 after a
+    graceful stop, 1 when the node cannot start or stops for cause, with the reason,
+    e.g. the file and offset of a corrupt log record, on stderr)."""
+    try:
+        return trio.run(_serve, cfg)
+    except BaseException as exc:
+        cause = _fatal_cause(exc)
+        if cause is None:
+            raise
+        what = "refuses to start" if isinstance(cause, raft_errors.CorruptLog) else "stopped"
+        log.error("node %d %s: %s", cfg.id, what, cause)
+        print(f"vaultd: node {cfg.id} {what}: {cause}", file=sys.stderr)
+        return 1
+
+
+async def _serve(cfg: NodeConfig) -> int:
+    from raft.runtime import NodeOptions, RaftNode
+
+    files = pki.TlsFiles(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
+    server_ssl = pki.server_ssl_context(files)
+    client_ssl = pki.client_ssl_context(files)
+    initial = {p.id: (p.peer, p.client) for p in cfg.peers}
+    initial[cfg.id] = (cfg.peer_listen, cfg.client_listen)
+    machine = ClusterStateMachine(KVStore(), initial)
+    node = RaftNode(_node_options(NodeOptions, cfg), machine, server_ssl, client_ssl)
+    machine.set_listener(lambda d: _update_peers(node, cfg, d))
+    backend = NodeBackend(node, machine, cfg)
+    service = Service(
+        backend,
+        server_ssl,
+        cfg.client_listen,
+        max_request_bytes=cfg.service.max_request_bytes,
+        max_inflight_per_connection=cfg.service.max_inflight_per_connection,
+        max_connections=cfg.service.max_connections,
+        request_timeout=cfg.service.request_timeout_ms / 1000,
+        idle_timeout=cfg.service.idle_timeout_ms / 1000,
+    )
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(service.run)
+            log.info(
+                "node %d serving: peers on %s, clients on %s",
+                cfg.id,
+                format_address(cfg.peer_listen),
+                format_address(cfg.client_listen),
+            )
+            async for signum in signals:
+                log.info("node %d: %s, shutting down", cfg.id, signal.Signals(signum).name)
+                break
+            service.stop_accepting()
+            with trio.move_on_after(10):
+                await node.shutdown()
+            nursery.cancel_scope.cancel()
+    log.info("node %d stopped", cfg.id)
+    return 0
+
+
+def _node_options(options_cls: Any, cfg: NodeConfig) -> Any:
+    timeout = cfg.raft.proposal_timeout_ms / 1000
+    return options_cls(
+        id=cfg.id,
+        data_dir=cfg.data_dir,
+        listen=cfg.peer_listen,
+        peers={p.id: p.peer for p in cfg.peers},
+        tick_ms=cfg.raft.tick_ms,
+        election_tick=cfg.raft.election_ticks,
+        heartbeat_tick=cfg.raft.heartbeat_ticks,
+        snapshot_every=cfg.raft.snapshot_entries,
+        unsafe_no_fsync=not cfg.raft.fsync,
+        proposal_timeout_s=timeout,
+        read_timeout_s=timeout,
+        max_command_bytes=cfg.service.max_request_bytes,
+    )
+
+
+def _update_peers(
+    node: Any, cfg: NodeConfig, directory: dict[int, tuple[Address, Address]]
+) -> None:
+    """Make the transport's peer table follow the replicated address book."""
+    wanted = {n: p for n, (p, _) in directory.items() if n != cfg.id}
+    current = node.peers
+    for n in set(current) - set(wanted):
+        node.remove_peer(n)
+    for n, address in wanted.items():
+        if current.get(n) != address:
+            node.add_peer(n, address)
