@@ -14,7 +14,9 @@ catch one base class. The subclasses say *what* went wrong and, for backup strea
   :class:`TrailingData`.
 * :class:`RestoreError` -- the file-system side of a restore (target exists, unsafe archive
   member, unsupported file type at backup time).
-* :class:`KeyWrapError` and its subclasses -- a wrapped backup key cannot be opened.
+* :class:`KeyWrapError` and its subclasses -- a wrapped backup key cannot be opened
+  (:class:`WrappedKeyFormatError`, :class:`KeyUnwrapError`) or the export_key given is
+  not 64 bytes (:class:`InvalidExportKey`).
 * :class:`UsageError` -- the library was called out of order (feeding after ``finish``).
 """
 
