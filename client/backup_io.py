@@ -208,6 +208,9 @@ def backup_directory(
     src_path, dest_path = Path(source), Path(dest)
     if not src_path.is_dir():
         raise NotADirectoryError(f"{src_path} is not a directory")
+    # A symbolic link given as the source means the directory it points to; links inside
+    # the tree are kept as links.
+    src_path = src_path.resolve()
     enc = Encryptor(key, rng=rng, chunk_size=chunk_size, content=ContentType.TAR)
     with (
         tempfile.TemporaryDirectory(prefix="vaultd-check-") as scratch,

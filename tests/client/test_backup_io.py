@@ -154,6 +154,15 @@ def test_empty_directory_round_trip(tmp_path: Path) -> None:
     assert listing(tmp_path / "out") == []
 
 
+def test_a_link_to_a_directory_backs_up_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f.txt").write_text("inside")
+    os.symlink("real", tmp_path / "alias")
+    backup_directory(KEY, tmp_path / "alias", tmp_path / "b.vbk")
+    restore(KEY, tmp_path / "b.vbk", tmp_path / "out")
+    assert (tmp_path / "out" / "f.txt").read_text() == "inside"
+
+
 def test_backup_picks_file_or_directory_and_names_it(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x")
     (tmp_path / "d").mkdir()

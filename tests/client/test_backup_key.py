@@ -77,6 +77,7 @@ def test_raw_key_accepts_bytes_like() -> None:
     assert BackupKey(bytearray(raw)) == BackupKey(memoryview(raw)) == BackupKey(raw)
 
 
+@settings(deadline=None)
 @given(raw_keys)
 def test_repr_and_str_never_show_the_key(raw: bytes) -> None:
     key = BackupKey(raw)
@@ -96,6 +97,7 @@ def test_repr_and_str_never_show_the_key(raw: bytes) -> None:
         assert key.key_id.hex() in text
 
 
+@settings(deadline=None)
 @given(raw_keys, raw_keys)
 def test_equality_and_hash(a: bytes, b: bytes) -> None:
     ka, kb = BackupKey(a), BackupKey(b)
@@ -106,6 +108,7 @@ def test_equality_and_hash(a: bytes, b: bytes) -> None:
     assert len({ka, BackupKey(a)}) == 1
 
 
+@settings(deadline=None)
 @given(raw_keys, raw_keys)
 def test_key_id_is_deterministic_sized_and_distinct(a: bytes, b: bytes) -> None:
     ka = BackupKey(a)
@@ -119,6 +122,7 @@ def test_key_id_is_deterministic_sized_and_distinct(a: bytes, b: bytes) -> None:
 # --- the written form ----------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(raw_keys)
 def test_digits_layout(raw: bytes) -> None:
     key = BackupKey(raw)
@@ -130,6 +134,7 @@ def test_digits_layout(raw: bytes) -> None:
     assert key.to_text() == f"{key.to_digits()} - {key.check_digits()}"
 
 
+@settings(deadline=None)
 @given(raw_keys)
 def test_check_digits_match_an_independent_computation(raw: bytes) -> None:
     assert BackupKey(raw).check_digits() == reference_check(raw)
@@ -145,6 +150,7 @@ def test_check_digits_known_answer() -> None:
 # --- parsing: accepted forms ---------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(raw_keys)
 def test_round_trip_text(raw: bytes) -> None:
     key = BackupKey(raw)
@@ -153,6 +159,7 @@ def test_round_trip_text(raw: bytes) -> None:
     assert parse_key(key.to_digits(), key.check_digits()) == key
 
 
+@settings(deadline=None)
 @given(raw_keys, st.randoms(use_true_random=False))
 def test_any_grouping_case_and_separators_are_accepted(raw: bytes, rnd: random.Random) -> None:
     key = BackupKey(raw)

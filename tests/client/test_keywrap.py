@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.backup_key import BackupKey
@@ -36,6 +36,7 @@ def rng(seed: int) -> random.Random:
     return random.Random(seed)
 
 
+@settings(deadline=None)
 @given(
     st.binary(min_size=32, max_size=32),
     st.binary(min_size=64, max_size=64),
