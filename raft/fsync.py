@@ -34,12 +34,16 @@ class Syncer:
         self.file_syncs = 0  # file flushes actually issued
         self.dir_syncs = 0  # directory flushes actually issued
 
-    def sync_file(self, fd: int) -> None:
-        """Make the data written to ``fd`` durable (no-op when disabled)."""
+    def sync_file(self, fd: int, *, full: bool = False) -> None:
+        """Make the data written to ``fd`` durable (no-op when disabled).
+
+        ``full`` forces ``fsync``: after shrinking a file, so that the new
+        size is certainly on disk before anything is written past it.
+        """
         if not self.enabled:
             return
         fdatasync = getattr(os, "fdatasync", None)  # looked up per call: tests count calls
-        if fdatasync is not None:
+        if fdatasync is not None and not full:
             fdatasync(fd)
         else:
             os.fsync(fd)

@@ -558,7 +558,9 @@ class Wal:
                     torn.reason,
                 )
                 os.ftruncate(fd, torn.offset)
-                self._syncer.sync_file(fd)
+                # The cut must be durable before new records land past it, or a
+                # later crash could resurrect the old tail behind them.
+                self._syncer.sync_file(fd, full=True)
             self._size = os.fstat(fd).st_size
         except BaseException:
             os.close(fd)
