@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,9 @@ from raft.errors import (
     NodeStopped,
     NotLeader,
     ProposalDropped,
+    ProposalTimeout,
     RaftError,
+    ReadTimeout,
     RequestTimeout,
     StateMachineFailed,
     StorageError,
@@ -429,6 +432,68 @@ async def test_shutdown_of_a_follower_and_transfer_to_a_chosen_node(
             await follower.shutdown()  # no handover needed
             assert follower.status()["role"] == "stopped"
             assert await c.write(b"set b=2") == 2  # two of three voters still commit
+
+
+async def test_a_leader_that_loses_its_quorum_fails_what_it_cannot_finish(
+    tmp_path: Path, tls: dict[int, Tls]
+) -> None:
+    async with open_cluster(tmp_path, tls, unsafe_no_fsync=True) as c:
+        with trio.fail_after(TIMEOUT):
+            leader = await c.wait_leader()
+            await c.write(b"set a=1")
+            for m in c.running():
+                if m.node is not leader:
+                    await c.crash(m.id)
+            outcomes: list[BaseException] = []
+
+            async def attempt(request: Callable[[], Any]) -> None:
+                try:
+                    await request()
+                except RaftError as exc:
+                    outcomes.append(exc)
+
+            # Neither can complete without a quorum; CheckQuorum makes the leader
+            # step down within two election timeouts, which settles both.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attempt, lambda: leader.propose(b"set lost=1", timeout=10))
+                nursery.start_soon(attempt, lambda: leader.read(b"a", timeout=10))
+            kinds = sorted(type(e).__name__ for e in outcomes)
+            assert kinds == ["LeadershipLost", "NotLeader"]
+            assert all(isinstance(e, NotLeader) and e.leader_hint is None for e in outcomes)
+            assert leader.status()["role"] != "leader"
+            with pytest.raises(NotLeader):
+                await leader.propose(b"set b=2")
+
+
+async def test_a_timed_out_proposal_has_an_unknown_outcome(
+    tmp_path: Path, tls: dict[int, Tls], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hold the node's flushes (they run in a worker thread) to keep its ready loop busy.
+    gate = threading.Event()
+    gate.set()
+    original_sync = Storage.sync
+
+    def gated_sync(self: Storage) -> None:
+        gate.wait()
+        original_sync(self)
+
+    monkeypatch.setattr(Storage, "sync", gated_sync)
+    async with open_cluster(tmp_path, tls, n=1, unsafe_no_fsync=True) as c:
+        with trio.fail_after(TIMEOUT):
+            node = await c.wait_leader()
+            assert await node.propose(b"incr n") == 1
+            gate.clear()
+            try:
+                with pytest.raises(ProposalTimeout):
+                    await node.propose(b"incr n", timeout=0.2)
+                with pytest.raises(ReadTimeout):
+                    await node.read(b"n", timeout=0.2)
+                assert node.status()["pending_proposals"] == 0  # the caller's waiter is gone
+            finally:
+                gate.set()
+            # The timed-out proposal was applied all the same: "unknown", not "failed".
+            assert await node.propose(b"incr n") == 3
+            assert await node.read(b"n") == "3"
 
 
 async def test_snapshots_compact_the_log_and_a_lagging_node_catches_up_by_snapshot(
