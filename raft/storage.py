@@ -160,10 +160,15 @@ def _pairs(v: object) -> tuple[tuple[NodeId, int], ...]:
     return tuple((p[0], p[1]) for p in v)
 
 
+_MAX_INCARNATION = (1 << 63) - 1
+
+
 def _new_incarnation() -> int:
+    # 1..2**63-1: 0 means "unknown" to the core, which also refuses any
+    # message field above 2**63-1 (a 64-bit draw made half of all nodes mute).
     while True:
-        inc = int.from_bytes(os.urandom(8), "big")
-        if inc:  # 0 means "unknown" to the core
+        inc = int.from_bytes(os.urandom(8), "big") >> 1
+        if inc:
             return inc
 
 
@@ -274,9 +279,9 @@ class Storage:
         if bootstrap is not None:
             validate_conf(bootstrap, "bootstrap")
         if incarnation is not None and not (
-            type(incarnation) is int and 0 < incarnation <= _MAX_U64
+            type(incarnation) is int and 0 < incarnation <= _MAX_INCARNATION
         ):
-            raise InvalidStorageInput("incarnation must be an int in 1..2**64-1")
+            raise InvalidStorageInput("incarnation must be an int in 1..2**63-1")
         if type(segment_bytes) is not int or segment_bytes < MIN_SEGMENT_BYTES:
             raise InvalidStorageInput(f"segment_bytes must be an int >= {MIN_SEGMENT_BYTES}")
         if type(retain_snapshots) is not int or retain_snapshots < 1:

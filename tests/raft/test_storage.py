@@ -579,3 +579,11 @@ def test_restart_recovers_exactly_what_was_synced(
                         s.set_hard_state(live.hs)
         finally:
             s.close(sync=False)
+
+
+def test_drawn_incarnations_fit_the_cores_63_bit_fields(tmp_path: Path) -> None:
+    from raft import storage as storage_mod
+
+    assert all(0 < storage_mod._new_incarnation() < 2**63 for _ in range(2000))
+    with pytest.raises(InvalidStorageInput):
+        Storage.open(tmp_path / "big", incarnation=2**63)
