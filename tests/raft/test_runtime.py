@@ -28,6 +28,7 @@ from raft.errors import (
     BootstrapMismatch,
     ConfChangeRejected,
     InvalidRequest,
+    InvalidStorageInput,
     NodeStopped,
     NotLeader,
     ProposalDropped,
@@ -36,7 +37,6 @@ from raft.errors import (
     ReadTimeout,
     RequestTimeout,
     StateMachineFailed,
-    StorageError,
 )
 from raft.runtime import NodeOptions, RaftNode, shutdown_on_signals
 from raft.statemachine import StateMachine
@@ -548,9 +548,7 @@ async def test_membership_add_learner_promote_and_remove_while_writing(
                 clients.start_soon(writer.run)
                 await writer.wait_acked(10)
 
-                # A new node: empty directory, no bootstrap, so no configuration.  Its
-                # incarnation is chosen below 2**63 (Storage.open may draw one above,
-                # which the core refuses on the wire; see docs/runtime.md).
+                # A new node: empty directory, no bootstrap, so no configuration.
                 create_storage(tmp_path / "n4", None, 4444)
                 newcomer = await c.start(4)
                 assert newcomer.status()["voters"] == [] and not newcomer.status()["is_voter"]
@@ -666,16 +664,9 @@ async def test_bad_requests_get_typed_errors(tmp_path: Path, tls: dict[int, Tls]
                 await stray.run()
             assert stray.status()["state"] == "stopped"
 
-            # An incarnation the core refuses on the wire is refused at start.
-            create_storage(tmp_path / "n3", None, 2**63 + 5)
-            unheard = RaftNode(
-                replace(good, id=3, data_dir=tmp_path / "n3", unsafe_no_fsync=True),
-                KV(),
-                tls[3].server,
-                tls[3].client,
-            )
-            with pytest.raises(StorageError, match="2\\*\\*63"):
-                await unheard.run()
+            # An incarnation the core would refuse on the wire cannot be stored at all.
+            with pytest.raises(InvalidStorageInput, match="2\\*\\*63"):
+                create_storage(tmp_path / "n3", None, 2**63 + 5)
 
 
 async def test_a_failing_state_machine_stops_the_node(tmp_path: Path, tls: dict[int, Tls]) -> None:
