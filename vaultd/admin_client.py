@@ -192,6 +192,7 @@ class AdminClient:
         # As in open_connection: the caller's exception must propagate unwrapped.
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
+        self._nursery = None
         await self._cm.__aexit__(None, None, None)
 
     async def _connection(self, address: Address) -> Connection:
@@ -199,7 +200,7 @@ class AdminClient:
         if conn is not None and not conn.broken:
             return conn
         if self._nursery is None:
-            raise ConnectionFailed("use AdminClient inside 'async with'")
+            raise ConnectionFailed("the client is closed (use it inside 'async with')")
         conn = await self._nursery.start(self._hold, address)
         assert isinstance(conn, Connection)
         self._conns[address] = conn

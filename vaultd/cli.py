@@ -204,10 +204,9 @@ def init_cluster(
 
 
 def _draw_incarnation() -> int:
-    while True:
-        inc = secrets.randbits(64)
-        if inc:  # 0 means "unknown" to the Raft core
-            return inc
+    # 1..2**63-1: 0 means "unknown" to the Raft core, which also refuses
+    # message fields above 2**63-1.
+    return 1 + secrets.randbelow(2**63 - 1)
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -439,9 +438,17 @@ def free_port_block(count: int, *, host: str = "127.0.0.1") -> int:
     import random
     import socket
 
+    # Stay below the kernel's ephemeral range: an outgoing connection could
+    # otherwise take one of the ports between our check and the node's bind.
+    lo, hi = 10000, 32000
+    try:
+        ephemeral_lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        hi = min(hi, ephemeral_lo) if ephemeral_lo > lo + 2 * count else hi
+    except (OSError, ValueError, IndexError):
+        pass
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(lo, hi - count)
         socks = []
         try:
             for port in range(base, base + count):
