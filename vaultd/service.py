@@ -326,6 +326,60 @@ class Backend(Protocol):
     async def transfer_leadership(self, target: int | None) -> Any: ...
 
 
+class _ClientConnection:
+    """Per-connection state of the server: answers waiting to be written (one writer
+    task sends them all at once) and the bound on requests in flight."""
+
+    __slots__ = ("_done_reading", "_max", "_outbox", "_ready", "_slot_free", "inflight")
+
+    def __init__(self, max_inflight: int) -> None:
+        self._max = max_inflight
+        self.inflight = 0
+        self._outbox: list[bytes] = []
+        self._ready = trio.Event()
+        self._slot_free = trio.Event()
+        self._done_reading = False
+
+    async def take_slot(self) -> None:
+        while self.inflight >= self._max:
+            self._slot_free = trio.Event()
+            await self._slot_free.wait()
+        self.inflight += 1
+
+    def release_slot(self) -> None:
+        self.inflight -= 1
+        self._slot_free.set()
+        if self._done_reading and self.inflight == 0:
+            self._ready.set()
+
+    def push(self, answer: bytes) -> None:
+        self._outbox.append(answer)
+        self._ready.set()
+
+    def reading_done(self) -> None:
+        self._done_reading = True
+        self._ready.set()
+
+    async def write_loop(
+        self, stream: trio.SSLStream[trio.SocketStream], scope: trio.CancelScope
+    ) -> None:
+        """Write answers as they come until reading stopped and every request was
+        answered; if the client goes away, cancel the connection's other tasks."""
+        try:
+            while True:
+                if self._outbox:
+                    data = b"".join(self._outbox)
+                    self._outbox.clear()
+                    await stream.send_all(data)
+                    continue
+                if self._done_reading and self.inflight == 0:
+                    return
+                self._ready = trio.Event()
+                await self._ready.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            scope.cancel()
+
+
 @dataclass(slots=True)
 class ServiceStats:
     connections_accepted: int = 0
@@ -412,12 +466,11 @@ class Service:
             await trio.aclose_forcefully(stream)
 
     async def _serve(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
-        send, receive = trio.open_memory_channel[bytes](self._max_inflight * 2)
-        inflight = trio.Semaphore(self._max_inflight)
+        conn = _ClientConnection(self._max_inflight)
         reader = FrameReader(self._max_request)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, stream, receive, nursery.cancel_scope)
-            async with send:
+            nursery.start_soon(conn.write_loop, stream, nursery.cancel_scope)
+            try:
                 while True:
                     data: bytes | bytearray = b""
                     with trio.move_on_after(self._idle_timeout):
@@ -430,47 +483,21 @@ class Service:
                     reader.feed(data)
                     try:
                         while (payload := reader.next()) is not None:
-                            await inflight.acquire()
-                            nursery.start_soon(self._request, payload, send.clone(), inflight)
+                            await conn.take_slot()
+                            nursery.start_soon(self._request, payload, conn)
                     except FrameTooLarge as exc:
                         self.stats.bad_frames += 1
                         log.info("client sent an oversized frame: %s", exc)
-                        await send.send(encode_error(0, RequestTooLarge(str(exc))))
+                        conn.push(encode_error(0, RequestTooLarge(str(exc))))
                         break
-
-    async def _writer(
-        self,
-        stream: trio.SSLStream[trio.SocketStream],
-        receive: trio.MemoryReceiveChannel[bytes],
-        scope: trio.CancelScope,
-    ) -> None:
-        try:
-            async with receive:
-                async for first in receive:
-                    batch = [first]
-                    while True:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    await stream.send_all(b"".join(batch))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            # The client went away: stop serving this connection.
-            scope.cancel()
-
-    async def _request(
-        self,
-        payload: bytes,
-        send: trio.MemorySendChannel[bytes],
-        inflight: trio.Semaphore,
-    ) -> None:
-        async with send:
-            try:
-                answer = await self._answer(payload)
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await send.send(answer)
             finally:
-                inflight.release()
+                conn.reading_done()
+
+    async def _request(self, payload: bytes, conn: _ClientConnection) -> None:
+        try:
+            conn.push(await self._answer(payload))
+        finally:
+            conn.release_slot()
 
     async def _answer(self, payload: bytes) -> bytes:
         self.stats.requests += 1
@@ -485,8 +512,13 @@ class Service:
             rid = req.id
             if self._closing:
                 raise Unavailable("the node is shutting down")
-            with trio.fail_after(self._request_timeout):
+            if req.op.startswith("kv."):
+                # The node bounds proposals and reads itself (proposal_timeout_ms):
+                # no second timer on the hot path.
                 result = await self._dispatch(req)
+            else:
+                with trio.fail_after(self._request_timeout):
+                    result = await self._dispatch(req)
             return encode_result(rid, result)
         except ServiceError as exc:
             self.stats.errors += 1
