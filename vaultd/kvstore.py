@@ -201,6 +201,20 @@ class KVStore:
             return Failed(str(exc))
         return self.execute(cmd)
 
+    def apply_batch(self, index: int, commands: list[bytes]) -> list[Result]:
+        """Apply several commands committed together in the entry at log ``index``,
+        in order; one result per command (as :meth:`apply` would give each)."""
+        if index <= self.applied_index:
+            raise CommandError(f"entry {index} applied after {self.applied_index}")
+        self.applied_index = index
+        results: list[Result] = []
+        for data in commands:
+            try:
+                results.append(self.execute(decode_command(data)))
+            except CommandError as exc:
+                results.append(Failed(str(exc)))
+        return results
+
     def execute(self, cmd: Command) -> Result:
         """Run one decoded command (mutating for put/incr/cas)."""
         data = self._data

@@ -152,3 +152,23 @@ def test_restore_refuses_bad_snapshots_and_keeps_state(data: bytes) -> None:
         kv.restore(5, data)
     assert kv.query(encode_command(Get(b"keep"))) == b"me"
     assert kv.applied_index == 1
+
+
+@given(st.lists(commands, min_size=1, max_size=30))
+def test_a_batch_applies_like_its_commands_one_by_one(cmds: list[Command]) -> None:
+    one, batched = KVStore(), KVStore()
+    singles = [one.apply(i, encode_command(c)) for i, c in enumerate(cmds, start=1)]
+    results = batched.apply_batch(7, [encode_command(c) for c in cmds])
+    assert results == singles
+    assert batched.applied_index == 7
+    assert {k: v for k, v in batched._data.items()} == one._data
+
+
+def test_a_batch_fails_bad_commands_one_by_one() -> None:
+    kv = KVStore()
+    results = kv.apply_batch(
+        3, [encode_command(Put(b"a", b"1")), b"junk", encode_command(Get(b"a"))]
+    )
+    assert results[0] is None and isinstance(results[1], Failed) and results[2] == b"1"
+    with pytest.raises(CommandError):
+        kv.apply_batch(3, [])
