@@ -44,6 +44,7 @@ from .errors import (
     InternalError,
     NotLeader,
     Rejected,
+    ServiceError,
     Timeout,
     Unavailable,
 )
@@ -195,13 +196,28 @@ class ClusterStateMachine:
 # ---------------------------------------------------------------- backend
 
 
-class _Slot:
-    __slots__ = ("error", "event", "result")
+Done = Callable[[object, BaseException | None], None]
+"""Receives a submitted command's result, or the error that failed its batch."""
 
-    def __init__(self) -> None:
-        self.event = trio.Event()
+
+class _Slot:
+    """One submitted command: a waiting task (``event``) or a callback (``done``)."""
+
+    __slots__ = ("done", "error", "event", "result")
+
+    def __init__(self, done: Done | None = None) -> None:
+        self.done = done
+        self.event: trio.Event | None = None if done is not None else trio.Event()
         self.result: object = None
         self.error: BaseException | None = None
+
+    def resolve(self, result: object, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        if self.done is not None:
+            self.done(result, error)
+        else:
+            assert self.event is not None
+            self.event.set()
 
 
 class ProposalBatcher:
@@ -238,10 +254,20 @@ class ProposalBatcher:
         slot = _Slot()
         self._pending.append((command, slot))
         self._wake.set()
+        assert slot.event is not None
         await slot.event.wait()
         if slot.error is not None:
             raise slot.error
         return slot.result
+
+    def submit_nowait(self, command: bytes, done: Done) -> None:
+        """Queue one command; ``done(result, error)`` is called once its batch is
+        applied or failed (from the batcher's task).  Needs :meth:`run` running."""
+        if not self._running:
+            done(None, raft_errors.NodeStopped("the node is not running"))
+            return
+        self._pending.append((command, _Slot(done)))
+        self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -256,10 +282,9 @@ class ProposalBatcher:
             finally:
                 self._running = False
                 error = raft_errors.NodeStopped("the node is stopping")
-                for _, slot in self._pending:
-                    slot.error = error
-                    slot.event.set()
-                self._pending.clear()
+                pending, self._pending = self._pending, []
+                for _, slot in pending:
+                    slot.resolve(None, error)
 
     def _take(self) -> list[tuple[bytes, _Slot]]:
         size = 0
@@ -284,12 +309,10 @@ class ProposalBatcher:
                 results = list(out) if isinstance(out, list) else [out] * len(batch)
         except Exception as exc:
             for _, slot in batch:
-                slot.error = exc
-                slot.event.set()
+                slot.resolve(None, exc)
             return
         for (_, slot), result in zip(batch, results, strict=True):
-            slot.result = result
-            slot.event.set()
+            slot.resolve(result, None)
 
 
 class NodeBackend:
@@ -312,24 +335,46 @@ class NodeBackend:
         hint = exc.leader_hint
         return NotLeader(f"node {self.cfg.id} is not the leader", hint, self._client_address(hint))
 
+    def service_error(self, exc: raft_errors.RaftError) -> ServiceError:
+        """The typed answer a client gets for a Raft error."""
+        if isinstance(exc, raft_errors.LeadershipLost):
+            # Appended, then leadership moved: the entry may still commit.
+            return Timeout(f"{exc}; the outcome is unknown")
+        if isinstance(exc, raft_errors.NotLeader):
+            return self._not_leader(exc)
+        if isinstance(exc, raft_errors.ConfChangeRejected):
+            return Rejected(str(exc))
+        if isinstance(exc, raft_errors.InvalidRequest):
+            return BadRequest(str(exc))
+        if isinstance(exc, raft_errors.ProposalDropped | raft_errors.NodeStopped):
+            return Unavailable(str(exc))
+        if isinstance(exc, raft_errors.RequestTimeout):
+            return Timeout(str(exc))
+        return InternalError(f"{type(exc).__name__}: {exc}")
+
     async def _run(self, coro: Any) -> Any:
         try:
             return await coro
-        except raft_errors.LeadershipLost as exc:
-            # Appended, then leadership moved: the entry may still commit.
-            raise Timeout(f"{exc}; the outcome is unknown") from None
-        except raft_errors.NotLeader as exc:
-            raise self._not_leader(exc) from None
-        except raft_errors.ConfChangeRejected as exc:
-            raise Rejected(str(exc)) from None
-        except raft_errors.InvalidRequest as exc:
-            raise BadRequest(str(exc)) from None
-        except (raft_errors.ProposalDropped, raft_errors.NodeStopped) as exc:
-            raise Unavailable(str(exc)) from None
-        except raft_errors.RequestTimeout as exc:
-            raise Timeout(str(exc)) from None
         except raft_errors.RaftError as exc:
-            raise InternalError(f"{type(exc).__name__}: {exc}") from None
+            raise self.service_error(exc) from None
+
+    def submit(self, command: bytes, done: Callable[[Result, ServiceError | None], None]) -> None:
+        """Propose an application command without waiting: ``done(result, None)``
+        once applied, or ``done(None, error)`` with a typed error."""
+
+        def finished(result: object, error: BaseException | None) -> None:
+            if error is None and isinstance(result, CommandError):
+                error = InternalError(str(result))
+            if error is None:
+                done(result, None)  # type: ignore[arg-type]
+            elif isinstance(error, raft_errors.RaftError):
+                done(None, self.service_error(error))
+            elif isinstance(error, ServiceError):
+                done(None, error)
+            else:
+                done(None, InternalError(f"{type(error).__name__}: {error}"))
+
+        self.batcher.submit_nowait(command, finished)
 
     async def propose(self, command: bytes) -> Result:
         result = await self._run(self.batcher.submit(command))

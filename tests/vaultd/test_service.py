@@ -84,6 +84,13 @@ class FakeBackend:
         self.index += 1
         return self.kv.apply(self.index, command)
 
+    def submit(self, command: bytes, done: Any) -> None:
+        if self.leader_hint is not None:
+            done(None, NotLeader("not the leader", *self.leader_hint))
+            return
+        self.index += 1
+        done(self.kv.apply(self.index, command), None)
+
     async def read(self, query: bytes) -> Result:
         self._check_leader()
         return self.kv.query(query)
