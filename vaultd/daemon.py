@@ -223,11 +223,12 @@ class _Slot:
 class ProposalBatcher:
     """Packs application commands submitted at about the same time into one entry.
 
-    :meth:`submit` queues a command and waits; the batcher task (:meth:`run`)
-    wakes once the tasks that are runnable now have queued theirs, proposes
-    everything waiting as one entry (up to ``max_commands``/``max_bytes``),
-    and starts on the next batch at once, so several batches can be in flight.
-    A failed proposal fails every command of its batch with the same error.
+    The first command queued schedules a flush task; by the time it runs, the
+    other tasks that were runnable have queued theirs too, and it proposes
+    everything waiting as one entry (up to ``max_commands``/``max_bytes``;
+    the rest gets another flush task at once), so several batches can be in
+    flight.  A failed proposal fails every command of its batch with the
+    same error.  :meth:`run` provides the nursery the flushes run in.
     """
 
     def __init__(
@@ -241,19 +242,18 @@ class ProposalBatcher:
         self._max_commands = max_commands
         self._max_bytes = max_bytes
         self._pending: list[tuple[bytes, _Slot]] = []
-        self._wake = trio.Event()
-        self._running = False
+        self._nursery: trio.Nursery | None = None
+        self._flush_scheduled = False
         self.batches = 0
         self.commands = 0
 
     async def submit(self, command: bytes) -> object:
         """Propose one application command; return its result once applied.
         Raises what the node's ``propose`` raises."""
-        if not self._running:
+        if self._nursery is None:
             return await self._node.propose(_APP + command)
         slot = _Slot()
-        self._pending.append((command, slot))
-        self._wake.set()
+        self._enqueue(command, slot)
         assert slot.event is not None
         await slot.event.wait()
         if slot.error is not None:
@@ -262,29 +262,40 @@ class ProposalBatcher:
 
     def submit_nowait(self, command: bytes, done: Done) -> None:
         """Queue one command; ``done(result, error)`` is called once its batch is
-        applied or failed (from the batcher's task).  Needs :meth:`run` running."""
-        if not self._running:
+        applied or failed (from a flush task).  Needs :meth:`run` running."""
+        if self._nursery is None:
             done(None, raft_errors.NodeStopped("the node is not running"))
             return
-        self._pending.append((command, _Slot(done)))
-        self._wake.set()
+        self._enqueue(command, _Slot(done))
+
+    def _enqueue(self, command: bytes, slot: _Slot) -> None:
+        self._pending.append((command, slot))
+        if not self._flush_scheduled:
+            assert self._nursery is not None
+            self._flush_scheduled = True
+            self._nursery.start_soon(self._flush)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._running = True
-            task_status.started()
-            try:
-                while True:
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    while self._pending:
-                        nursery.start_soon(self._propose, self._take())
-            finally:
-                self._running = False
-                error = raft_errors.NodeStopped("the node is stopping")
-                pending, self._pending = self._pending, []
-                for _, slot in pending:
-                    slot.resolve(None, error)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            error = raft_errors.NodeStopped("the node is stopping")
+            pending, self._pending = self._pending, []
+            for _, slot in pending:
+                slot.resolve(None, error)
+
+    async def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch = self._take()
+        if self._pending and self._nursery is not None:
+            self._flush_scheduled = True
+            self._nursery.start_soon(self._flush)
+        if batch:
+            await self._propose(batch)
 
     def _take(self) -> list[tuple[bytes, _Slot]]:
         size = 0
