@@ -5,8 +5,10 @@ Measured in one run, on the same disk:
 - raw fsync rate of the disk (100-byte write + fdatasync, back to back);
 - vaultd, fsync ON: commit throughput and p50/p99 latency of ``--clients``
   concurrent client tasks sending 100-byte ``kv.put`` commands to the leader
-  over ``--connections`` pipelined TLS connections; the leader's fsyncs/s and
-  entries per fsync over the same window;
+  over ``--connections`` pipelined TLS connections; the leader's fsyncs/s, log
+  entries per fsync and client commands per fsync over the same window (the
+  leader packs writes that arrive together into one entry, see
+  vaultd.daemon.ProposalBatcher, so commands per fsync is the batching figure);
 - vaultd lone-commit latency (one client, one command at a time);
 - vaultd failover: SIGKILL the leader while a prober writes, time to the first
   commit acknowledged by a new leader; median of ``--failover-runs`` runs;
