@@ -579,8 +579,9 @@ async def _dev_main(
                 f"dev: node {c.id}: peers on {format_address(c.peer_listen)}, "
                 f"clients on {format_address(c.client_listen)}, data in {c.data_dir}"
             )
-        print(f"dev: talk to it with:  vaultd status --config {client_path}")
-        print(f"dev:                   vaultd kv incr hits --config {client_path}")
+        exe = "vaultd" if shutil.which("vaultd") else f"{sys.executable} -m vaultd"
+        print(f"dev: talk to it with:  {exe} status --config {client_path}")
+        print(f"dev:                   {exe} kv incr hits --config {client_path}")
         print("dev: press Ctrl-C to stop", flush=True)
         cluster = _DevCluster(configs, colour=sys.stdout.isatty())
         status = EXIT_OK

@@ -174,7 +174,7 @@ def test_dev_runs_a_cluster_and_demo_writes(tmp_path: Path) -> None:
                   timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "dev: talk to it with:  vaultd status --config" in out
+    assert "dev: talk to it with:  " in out and " status --config " in out
     assert "dev: ready: node" in out
     assert "demo-counter = 5 (read back: 5)" in out
     assert "node-1 | " in out and "node-3 | " in out
