@@ -103,25 +103,9 @@ def _node_layout(
 def _create_storage(path: Path, bootstrap: Any, incarnation: int, fsync: bool) -> int:
     """Create a node's storage holding ``bootstrap`` with the given incarnation and
     return the incarnation it recorded."""
-    import inspect
+    from raft.storage import Storage
 
-    from raft import storage as raft_storage
-
-    open_storage: Any = raft_storage.Storage.open
-    if "incarnation" in inspect.signature(open_storage).parameters:
-        st = open_storage(
-            path, bootstrap=bootstrap, incarnation=incarnation, unsafe_no_fsync=not fsync
-        )
-    else:
-        # Storage.open draws the incarnation itself and writes it together with the
-        # bootstrap membership, which must already name every node's incarnation;
-        # until it takes an incarnation parameter, hand it the one drawn here.
-        original = raft_storage._new_incarnation
-        raft_storage._new_incarnation = lambda: incarnation
-        try:
-            st = raft_storage.Storage.open(path, bootstrap=bootstrap, unsafe_no_fsync=not fsync)
-        finally:
-            raft_storage._new_incarnation = original
+    st = Storage.open(path, bootstrap=bootstrap, incarnation=incarnation, unsafe_no_fsync=not fsync)
     try:
         recorded: int = st.incarnation
     finally:
