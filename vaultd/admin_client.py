@@ -60,6 +60,7 @@ class Connection:
         self._waiting: dict[int, _Pending] = {}
         self._outbox: list[bytes] = []
         self._outbox_ready = trio.Event()
+        self._sending = False
         self._broken: str | None = None
 
     @property
@@ -79,8 +80,22 @@ class Connection:
         pending = _Pending()
         self._waiting[rid] = pending
         try:
-            self._outbox.append(encode_request(rid, op, args or {}))
-            self._outbox_ready.set()
+            data = encode_request(rid, op, args or {})
+            if self._sending or len(self._waiting) > 1:
+                # Others are in flight: let the writer batch this with theirs.
+                self._outbox.append(data)
+                self._outbox_ready.set()
+            else:
+                # A lone request: send it ourselves, saving the writer task's turn.
+                self._sending = True
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._fail(f"send failed: {exc}")
+                finally:
+                    self._sending = False
+                    if self._outbox:
+                        self._outbox_ready.set()
             await pending.event.wait()
         finally:
             self._waiting.pop(rid, None)
@@ -103,11 +118,15 @@ class Connection:
             while self._broken is None:
                 await self._outbox_ready.wait()
                 self._outbox_ready = trio.Event()
-                if not self._outbox:
-                    continue
+                if not self._outbox or self._sending:
+                    continue  # a caller is sending; it wakes us when done
                 data = b"".join(self._outbox)
                 self._outbox.clear()
-                await self._stream.send_all(data)
+                self._sending = True
+                try:
+                    await self._stream.send_all(data)
+                finally:
+                    self._sending = False
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(f"send failed: {exc}")
 
