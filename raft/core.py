@@ -839,7 +839,15 @@ class RawNode:
                 pr.become_snapshot(self._snapshot)
                 self._send_snapshot_chunk(m.src, pr)
                 return
-            if m.index <= pr.match or (pr.state is ProgressState.PROBE and m.index != pr.next - 1):
+            if m.index <= pr.match:
+                if m.hint_index >= pr.match:
+                    return  # stale rejection
+                # The follower no longer holds entries it acknowledged (its disk
+                # lost a synced tail under the same incarnation), or this is a
+                # reordered old rejection.  Lowering match is safe either way:
+                # the commit index never moves back, at worst we resend.
+                pr.match = m.hint_index
+            elif pr.state is ProgressState.PROBE and m.index != pr.next - 1:
                 return  # stale rejection
             nxt = m.hint_index
             if m.hint_term:

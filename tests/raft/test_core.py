@@ -236,3 +236,23 @@ def test_removal_that_would_lose_the_quorum_is_refused() -> None:
         net.deliver(lambda m: m.dst != 3)
     with pytest.raises(ConfChangeRejected, match="lose the quorum"):
         net.node(1).propose_conf_change(ConfChange(ConfChangeType.REMOVE, 2))
+
+
+def test_follower_that_lost_acknowledged_entries_is_sent_them_again() -> None:
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    net.deliver()
+    for i in range(5):
+        net.node(1).propose(b"x%d" % i)
+    net.deliver()
+    assert net.node(1).progress[3].match == 6
+    # n3's disk loses its last three (acknowledged, synced) entries: it restarts
+    # with the same incarnation and a shorter log.
+    del net.disks[3].entries[-3:]
+    net.crash(3)
+    net.start(3)
+    assert net.node(3).last_index() == 3
+    net.node(1).propose(b"y")
+    net.deliver()
+    assert net.node(3).last_index() == 7
+    assert net.node(1).progress[3].match == 7

@@ -331,15 +331,6 @@ def newest_segment(cluster: ProcCluster, node: int) -> Path:
 
 WAL_MAGIC = b"\xa7W"  # every WAL record starts with it (raft/wal.py)
 
-# A follower that loses entries it had acknowledged is answered with appends
-# after its old match index, and raft.core drops its rejections as stale
-# ("m.index <= pr.match"), so it waits for the next leader change to catch up.
-_LOST_ACKED_TAIL = pytest.mark.xfail(
-    reason="raft.core ignores rejections at or below a follower's match index, so a "
-    "follower that lost acknowledged entries stalls until the leader changes",
-    strict=False,
-)
-
 
 def damage_tail(segment: Path, damage: str) -> None:
     """Damage the end of a WAL segment the way a crash or a bad disk would.
@@ -369,8 +360,8 @@ def damage_tail(segment: Path, damage: str) -> None:
     [
         "torn-header",
         "torn-garbage",
-        pytest.param("truncate", marks=_LOST_ACKED_TAIL),
-        pytest.param("overwrite", marks=_LOST_ACKED_TAIL),
+        "truncate",
+        "overwrite",
     ],
 )
 async def test_damaged_wal_tail_recovers_and_rejoins(
