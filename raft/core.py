@@ -44,6 +44,7 @@ from .types import (
 
 _MT = MessageType
 _REQUESTS = frozenset({_MT.APPEND, _MT.HEARTBEAT, _MT.SNAPSHOT, _MT.TIMEOUT_NOW})
+_LEADER_REQUESTS = frozenset({_MT.APPEND, _MT.HEARTBEAT, _MT.SNAPSHOT, _MT.TIMEOUT_NOW})
 _RESPONSES = frozenset({_MT.APPEND_RESP, _MT.HEARTBEAT_RESP, _MT.SNAPSHOT_RESP})
 _MAX_ID = (1 << 63) - 1
 
@@ -1114,6 +1115,7 @@ class RawNode:
         self._want_broadcast = False
         rd = Ready()
         hs = HardState(self.term, self.vote, self.commit)
+        vote_durable = (hs.term, hs.vote) == (self._prev_hard.term, self._prev_hard.vote)
         if hs != self._prev_hard:
             rd.hard_state = hs
             self._prev_hard = hs
@@ -1128,7 +1130,18 @@ class RawNode:
         if self._handed_commit < self.commit:
             rd.committed = self._slice(self._handed_commit + 1, self.commit)
             self._handed_commit = self.commit
-        rd.messages, self._msgs = self._msgs, []
+        msgs, self._msgs = self._msgs, []
+        if self.role is Role.LEADER and vote_durable and rd.snapshot is None:
+            # A leader's own requests need none of its local persistence (it counts
+            # itself toward commit only once advance() reports the entries stable),
+            # so they may leave while it flushes (Raft thesis §10.2.1).  Not when
+            # this Ready also carries a new term or vote: the term must be durable
+            # before anything of it is seen.
+            rd.early_messages = [m for m in msgs if m.type in _LEADER_REQUESTS]
+            if len(rd.early_messages) != len(msgs):
+                rd.messages = [m for m in msgs if m.type not in _LEADER_REQUESTS]
+        else:
+            rd.messages = msgs
         rd.read_states, self._read_states = self._read_states, []
         rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
         self._outstanding = rd

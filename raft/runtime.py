@@ -884,6 +884,11 @@ class RaftNode:
         if rd.soft_state is not None:
             lost_leadership = self._on_soft_state(rd.soft_state)
 
+        # 0. A leader's own requests may leave before its flush: followers persist
+        #    while it does, so a commit costs one flush time, not two.
+        if rd.early_messages:
+            self._send(rd.early_messages)
+
         # 1. Persist: snapshot, entries, hard state, then one flush.
         if rd.snapshot is not None and rd.snapshot.meta.index == 0:
             # A node that started with no configuration learned the cluster's

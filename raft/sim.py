@@ -331,6 +331,8 @@ class Cluster:
             return
         rd = core.ready()
         node.persisting = rd
+        for m in rd.early_messages:
+            self._send(m)
         if rd.soft_state is not None:
             self._on_soft_state(node, core)
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:

@@ -179,6 +179,9 @@ class Ready:
     """A batch of work handed from the core to its driver.
 
     The driver must, in this order:
+    0. send ``early_messages`` (a leader's own requests, which depend on none
+       of this Ready's persistence) at once, if it wishes, so that followers
+       work while the leader flushes; otherwise send them with ``messages``;
     1. durably persist ``snapshot`` (if any), then ``entries`` (which replace
        any stored entries at the same or higher indexes), then ``hard_state``;
     2. send ``messages``;
@@ -192,6 +195,7 @@ class Ready:
     entries: list[Entry] = field(default_factory=list)
     snapshot: Snapshot | None = None
     messages: list[Message] = field(default_factory=list)
+    early_messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[object] = field(default_factory=list)
@@ -203,6 +207,7 @@ class Ready:
             and not self.entries
             and self.snapshot is None
             and not self.messages
+            and not self.early_messages
             and not self.committed
             and not self.read_states
             and not self.dropped_reads

@@ -79,6 +79,7 @@ class Net:
                 busy = True
                 rd = node.ready()
                 self.disks[i].persist(rd)
+                self.mailbox.extend(rd.early_messages)
                 self.mailbox.extend(rd.messages)
                 self.applied[i].extend(rd.committed)
                 node.advance(rd)

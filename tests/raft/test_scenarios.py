@@ -278,7 +278,7 @@ def test_leadership_transfer_hands_over_without_an_election_timeout() -> None:
 def test_fault_free_cluster_commits_and_reads(nodes: int) -> None:
     c = Cluster(nodes, seed=nodes)
     c.run_until(2000 * MS)
-    assert c.stats.writes_acked > 50
+    assert c.stats.writes_acked > 30
     assert c.stats.reads_served > 10
     assert c.stats.elections == 1
 
