@@ -889,6 +889,15 @@ class RaftNode:
         if rd.early_messages:
             self._send(rd.early_messages)
 
+        # Committed entries this node had already persisted before this Ready may
+        # be applied (and their proposers answered) before this Ready's flush:
+        # otherwise every commit waits for an unrelated flush of newer entries.
+        early = 0
+        if rd.snapshot is None and rd.committed and rd.committed[0].index <= core.stable_index:
+            early = min(len(rd.committed), core.stable_index - rd.committed[0].index + 1)
+            for e in rd.committed[:early]:
+                self._apply(e)
+
         # 1. Persist: snapshot, entries, hard state, then one flush.
         if rd.snapshot is not None and rd.snapshot.meta.index == 0:
             # A node that started with no configuration learned the cluster's
@@ -933,7 +942,7 @@ class RaftNode:
             self.stats.snapshots_installed += 1
             log.info("node %d: installed a snapshot at %d", self.id, rd.snapshot.meta.index)
             self._fail_covered(rd.snapshot.meta.index, core)
-        for e in rd.committed:
+        for e in rd.committed[early:]:
             self._apply(e)
 
         # 4. Reads: register read points, fail dropped ones, serve what is applied.
