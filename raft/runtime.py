@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import msgpack
 import trio
@@ -84,6 +84,8 @@ from .types import (
 
 __all__ = [
     "NodeOptions",
+    "ProposalCallback",
+    "ProposalSource",
     "RaftNode",
     "RuntimeStats",
     "StateMachine",
@@ -226,19 +228,52 @@ class RuntimeStats:
     snapshots_installed: int = 0
     #: messages the core refused as malformed
     invalid_messages: int = 0
+    #: entries a leader applied as soon as followers committed them, during its own flush
+    applied_while_flushing: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+ProposalCallback = Callable[[object, BaseException | None], None]
+"""Receives the outcome of a command taken from a :class:`ProposalSource`:
+``(result, None)`` once it is applied on this node (``result`` is what the
+state machine's ``apply`` returned), or ``(None, error)`` with the error
+:meth:`RaftNode.propose` would have raised for it."""
+
+
+class ProposalSource(Protocol):
+    """Commands the ready loop pulls itself (see :meth:`RaftNode.attach_proposal_source`)."""
+
+    def take_proposals(self) -> list[tuple[bytes, ProposalCallback]]:
+        """Every command to propose now, each with the callback its outcome goes to.
+        Called from the ready loop; must not block or raise."""
+        ...
+
+
 class _Waiter:
-    """One caller waiting for the ready loop: a proposal, a membership change or a read."""
+    """One caller waiting for the ready loop: a proposal, a membership change or a read.
 
-    __slots__ = ("data", "done", "error", "event", "index", "result", "term")
+    A waiter either has an event its task awaits, or (proposals taken from a
+    ProposalSource) a callback the ready loop calls, with a deadline."""
 
-    def __init__(self, data: bytes) -> None:
+    __slots__ = (
+        "callback",
+        "data",
+        "deadline",
+        "done",
+        "error",
+        "event",
+        "index",
+        "result",
+        "term",
+    )
+
+    def __init__(self, data: bytes, callback: ProposalCallback | None = None) -> None:
         self.data = data
-        self.event = trio.Event()
+        self.callback = callback
+        self.event = trio.Event() if callback is None else None
+        self.deadline = 0.0
         self.done = False
         self.result: object = None
         self.error: BaseException | None = None
@@ -249,15 +284,27 @@ class _Waiter:
         if not self.done:
             self.done = True
             self.result = result
-            self.event.set()
+            self._settle()
 
     def fail(self, error: BaseException) -> None:
         if not self.done:
             self.done = True
             self.error = error
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.callback is None:
+            assert self.event is not None
             self.event.set()
+            return
+        try:
+            self.callback(self.result, self.error)
+        except Exception:
+            # One caller's broken callback must not stop the ready loop.
+            log.exception("a proposal callback raised")
 
     async def wait(self) -> object:
+        assert self.event is not None
         await self.event.wait()
         if self.error is not None:
             raise self.error
@@ -333,6 +380,10 @@ class RaftNode:
         self._wakeup = trio.Event()  # set whenever the core may have work
         self._changed = trio.Event()  # set (and replaced) after every state change
         self._queued: list[_Waiter] = []  # proposals waiting for the next propose_batch
+        self._source: ProposalSource | None = None
+        self._source_waiting = False  # the source has commands for the next propose_batch
+        self._timed: deque[_Waiter] = deque()  # callback proposals, by deadline
+        self._flushing = False  # the ready loop awaits a flush of a Ready without snapshot
         self._by_index: dict[int, _Waiter] = {}  # appended proposals and membership changes
         self._reads: dict[int, _Waiter] = {}  # read_index token -> reader
         self._read_points: list[tuple[int, int]] = []  # (index to apply first, token)
@@ -572,6 +623,40 @@ class RaftNode:
                     self._forget(waiter)
         raise ProposalTimeout(f"proposal not applied within {limit:g}s; its outcome is unknown")
 
+    def attach_proposal_source(self, source: ProposalSource | None) -> None:
+        """Let the ready loop take commands from ``source`` itself (None detaches).
+
+        After :meth:`proposals_waiting`, the ready loop calls
+        ``source.take_proposals()`` just before it proposes what is queued, so
+        commands that arrive while a flush runs go into the next one without a
+        task of their own waiting on each.  Every command taken gets exactly
+        one callback: its result once applied here, or the error ``propose``
+        would raise (NotLeader, ProposalDropped, LeadershipLost,
+        ProposalTimeout after ``proposal_timeout_s``, NodeStopped,
+        InvalidRequest for a command that is not bytes or too large).  The
+        callbacks run in the ready loop: they must be quick and not raise.
+        """
+        self._source = source
+        self._source_waiting = source is not None
+
+    def proposals_waiting(self) -> None:
+        """Tell the node that its proposal source has commands (cheap; call it when
+        the source goes from empty to non-empty).  On a node that is not running
+        they are taken and failed with NodeStopped at once."""
+        self._source_waiting = True
+        if self._state in (_NEW, _STOPPED):
+            self._drain_source(lambda: NodeStopped(f"node {self.id} is {self._state}"))
+            return
+        self._wake()
+
+    def _drain_source(self, error: Callable[[], BaseException]) -> None:
+        source = self._source
+        if source is None or not self._source_waiting:
+            return
+        self._source_waiting = False
+        for _, done in source.take_proposals():
+            _Waiter(b"", done).fail(error())
+
     async def read(self, query: bytes, *, timeout: float | None = None) -> object:
         """Answer ``query`` with the state machine's ``query``, linearizably: the
         answer reflects every write acknowledged (anywhere) before the call.
@@ -796,6 +881,8 @@ class RaftNode:
             self._queued.remove(waiter)
 
     def _fail_all(self, error: Callable[[], BaseException]) -> None:
+        self._drain_source(error)
+        self._timed.clear()
         for w in self._queued:
             w.fail(error())
         for w in self._by_index.values():
@@ -825,6 +912,7 @@ class RaftNode:
         while True:
             await trio.sleep_until(deadline)
             core.tick()
+            self._expire_proposals(trio.current_time())
             self._wake()
             deadline += period
             now = trio.current_time()
@@ -842,7 +930,34 @@ class RaftNode:
             if err is not None:
                 self.stats.invalid_messages += 1
                 log.warning("node %d: ignored a message from %d: %s", self.id, m.src, err)
+        if self._flushing and core.commit > self._applied:
+            self._apply_while_flushing(core)
         self._wake()
+
+    def _apply_while_flushing(self, core: RawNode) -> None:
+        """A leader applies (and answers) entries that its followers' acknowledgements
+        committed while its own flush runs, instead of after it and the next Ready.
+
+        Committed means persisted by a majority, so the answer is as durable as
+        one sent after the local flush.  The entries come from the core's log,
+        which below the commit index never changes; they are applied only in
+        order, from right after the last one applied, and never past a snapshot
+        the state machine has not restored.  The Ready that later reports them
+        committed skips them (see _apply).  Held back while a compaction is due,
+        so that the state machine is at the core's applied index when it is
+        snapshotted (see _maybe_compact).
+        """
+        if core.role is not Role.LEADER or self._compaction_due(core):
+            return
+        lo, hi = self._applied + 1, core.commit
+        if lo <= core.snap_index:
+            return
+        base = core.snap_index + 1
+        entries = core.entries[lo - base : hi - base + 1]
+        for e in entries:
+            self._apply(e)
+        self.stats.applied_while_flushing += len(entries)
+        self._serve_reads()
 
     async def _ready_loop(self, core: RawNode, storage: Storage) -> None:
         while True:
@@ -856,7 +971,55 @@ class RaftNode:
             # everything that arrived meanwhile.
             await trio.lowlevel.checkpoint()
 
+    def _expire_proposals(self, now: float) -> None:
+        """Fail callback proposals whose deadline passed (a task-held proposal
+        times out by itself); their entries may still be applied."""
+        timed = self._timed
+        while timed and (timed[0].done or timed[0].deadline <= now):
+            w = timed.popleft()
+            if w.done:
+                continue
+            index = w.index
+            w.fail(
+                ProposalTimeout(
+                    f"proposal not applied within {self.options.proposal_timeout_s:g}s; "
+                    "its outcome is unknown"
+                )
+            )
+            if index and self._by_index.get(index) is w:
+                del self._by_index[index]
+            elif w in self._queued:
+                self._queued.remove(w)
+
+    def _take_from_source(self) -> None:
+        source = self._source
+        if source is None or not self._source_waiting:
+            return
+        if self._state != _RUNNING:
+            self._drain_source(lambda: NodeStopped(f"node {self.id} is {self._state}"))
+            return
+        self._source_waiting = False
+        deadline = trio.current_time() + self.options.proposal_timeout_s
+        room = self.options.max_pending_proposals - len(self._by_index) - len(self._queued)
+        limit = self.options.max_command_bytes
+        for data, done in source.take_proposals():
+            w = _Waiter(data, done)
+            if type(data) is not bytes or len(data) > limit:
+                w.fail(InvalidRequest(f"a command must be bytes of at most {limit} bytes"))
+            elif room <= 0:
+                w.fail(
+                    ProposalDropped(
+                        f"{self.options.max_pending_proposals} proposals are pending already"
+                    )
+                )
+            else:
+                room -= 1
+                w.deadline = deadline
+                self._timed.append(w)
+                self._queued.append(w)
+
     def _flush_proposals(self, core: RawNode) -> None:
+        self._take_from_source()
         batch = [w for w in self._queued if not w.done]
         self._queued = []
         if not batch:
@@ -927,7 +1090,11 @@ class RaftNode:
                 must_flush = True
         if must_flush:
             assert self._committer is not None
-            await self._committer.commit()
+            self._flushing = rd.snapshot is None
+            try:
+                await self._committer.commit()
+            finally:
+                self._flushing = False
             self.stats.flushes += 1
 
         # 2. Only now may the messages leave.
@@ -1002,6 +1169,8 @@ class RaftNode:
         self.stats.messages_sent += len(messages)
 
     def _apply(self, e: Entry) -> None:
+        if e.index <= self._applied:
+            return  # applied while a flush ran (_apply_while_flushing)
         result: object = e.index
         if e.kind is EntryKind.NORMAL:
             try:
@@ -1043,8 +1212,16 @@ class RaftNode:
             self.stats.reads_served += 1
         self._read_points = waiting
 
+    def _compaction_due(self, core: RawNode) -> bool:
+        return (
+            not self._saving_snapshot
+            and core.applied - core.snap_index >= self.options.snapshot_every
+        )
+
     def _maybe_compact(self, core: RawNode) -> None:
-        if self._saving_snapshot or core.applied - core.snap_index < self.options.snapshot_every:
+        # The state machine must be exactly at the core's applied index: entries
+        # applied during a flush are acknowledged to the core by the next advance.
+        if not self._compaction_due(core) or self._applied != core.applied:
             return
         index = core.applied
         try:

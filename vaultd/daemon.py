@@ -223,12 +223,22 @@ class _Slot:
 class ProposalBatcher:
     """Packs application commands submitted at about the same time into one entry.
 
-    The first command queued schedules a flush task; by the time it runs, the
-    other tasks that were runnable have queued theirs too, and it proposes
-    everything waiting as one entry (up to ``max_commands``/``max_bytes``;
-    the rest gets another flush task at once), so several batches can be in
-    flight.  A failed proposal fails every command of its batch with the
-    same error.  :meth:`run` provides the nursery the flushes run in.
+    With a node that offers ``attach_proposal_source`` (a
+    :class:`raft.runtime.RaftNode`), :meth:`run` attaches the batcher as the
+    node's proposal source: the node's ready loop takes everything queued
+    just before it proposes, as entries of up to ``max_commands``/``max_bytes``
+    each, and reports each entry's outcome through a callback.  Commands that
+    arrive while a flush runs thus go into the next one with no task of
+    their own, and no task wakes per batch on either side of the log.
+
+    With any other node (an object with ``async propose``), the first command
+    queued schedules a flush task; by the time it runs, the other tasks that
+    were runnable have queued theirs too, and it proposes everything waiting
+    (the rest gets another flush task at once), so several batches can be in
+    flight.
+
+    Either way a failed proposal fails every command of its entry with the
+    same error.  :meth:`run` must be running for commands to be proposed.
     """
 
     def __init__(
@@ -244,6 +254,7 @@ class ProposalBatcher:
         self._pending: list[tuple[bytes, _Slot]] = []
         self._nursery: trio.Nursery | None = None
         self._flush_scheduled = False
+        self._attached = False  # the node pulls (take_proposals)
         self.batches = 0
         self.commands = 0
 
@@ -270,19 +281,29 @@ class ProposalBatcher:
 
     def _enqueue(self, command: bytes, slot: _Slot) -> None:
         self._pending.append((command, slot))
-        if not self._flush_scheduled:
+        if self._attached:
+            if len(self._pending) == 1:
+                self._node.proposals_waiting()
+        elif not self._flush_scheduled:
             assert self._nursery is not None
             self._flush_scheduled = True
             self._nursery.start_soon(self._flush)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        attach = getattr(self._node, "attach_proposal_source", None)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if attach is not None:
+                    attach(self)
+                    self._attached = True
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            if self._attached and attach is not None:
+                self._attached = False
+                attach(None)
             error = raft_errors.NodeStopped("the node is stopping")
             pending, self._pending = self._pending, []
             for _, slot in pending:
@@ -296,6 +317,22 @@ class ProposalBatcher:
             self._nursery.start_soon(self._flush)
         if batch:
             await self._propose(batch)
+
+    def take_proposals(self) -> list[tuple[bytes, Callable[[object, BaseException | None], None]]]:
+        """Everything queued, packed into entries, each with the callback that
+        answers its commands (the node's proposal-source protocol)."""
+        entries: list[tuple[bytes, Callable[[object, BaseException | None], None]]] = []
+        while self._pending:
+            batch = self._take()
+            self.batches += 1
+            self.commands += len(batch)
+            if len(batch) == 1:
+                command, slot = batch[0]
+                entries.append((_APP + command, slot.resolve))
+            else:
+                packed: bytes = msgpack.packb([c for c, _ in batch], use_bin_type=True)
+                entries.append((_BATCH + packed, _answer_batch(batch)))
+        return entries
 
     def _take(self) -> list[tuple[bytes, _Slot]]:
         size = 0
@@ -324,6 +361,24 @@ class ProposalBatcher:
             return
         for (_, slot), result in zip(batch, results, strict=True):
             slot.resolve(result, None)
+
+
+def _answer_batch(batch: list[tuple[bytes, _Slot]]) -> Done:
+    """The callback that answers every command of one batch entry."""
+
+    def done(result: object, error: BaseException | None) -> None:
+        if error is not None:
+            for _, slot in batch:
+                slot.resolve(None, error)
+            return
+        # A batch's result is one result per command; anything else (a bad batch
+        # gives one CommandError) answers every command alike.
+        if not isinstance(result, list) or len(result) != len(batch):
+            result = [result] * len(batch)
+        for (_, slot), r in zip(batch, result, strict=True):
+            slot.resolve(r, None)
+
+    return done
 
 
 class NodeBackend:
