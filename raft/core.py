@@ -1142,24 +1142,44 @@ class RawNode:
                 rd.messages = [m for m in msgs if m.type not in _LEADER_REQUESTS]
         else:
             rd.messages = msgs
+        # Nothing in this Ready waits for the leader's disk: its entries may be
+        # flushed while the next Ready is built (see advance(persisted=False)).
+        rd.persist_later = (
+            self.role is Role.LEADER and vote_durable and rd.snapshot is None and not rd.messages
+        )
         rd.read_states, self._read_states = self._read_states, []
         rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
         self._outstanding = rd
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """Acknowledge that ``rd`` was persisted, sent and applied."""
+    def advance(self, rd: Ready, *, persisted: bool = True) -> None:
+        """Acknowledge that ``rd`` was sent and applied, and (by default) persisted.
+
+        ``persisted=False`` is allowed only for a Ready whose ``persist_later``
+        is true (a leader's Ready whose messages do not wait for its disk): the
+        driver may then ask for the next Ready while this one's flush runs, and
+        reports its durability with :meth:`persisted`.  Until then the leader
+        does not count itself toward committing those entries.
+        """
         if rd is not self._outstanding:
             raise RaftError("advance() with a Ready that is not the outstanding one")
+        if not persisted and not rd.persist_later:
+            raise RaftError("this Ready must be persisted before advance()")
         self._outstanding = None
-        if rd.entries:
-            last = rd.entries[-1]
-            # Persisted entries still count only if no truncation replaced them meanwhile.
-            off = last.index - self.snap_index - 1
-            if 0 <= off < len(self.entries) and self.entries[off] is last:
-                self.stable_index = max(self.stable_index, last.index)
         if rd.committed:
             self.applied = max(self.applied, rd.committed[-1].index)
+        if persisted:
+            self.persisted(rd)
+
+    def persisted(self, rd: Ready) -> None:
+        """Report that ``rd`` (already advanced with ``persisted=False``) is durable."""
+        if not rd.entries:
+            return
+        last = rd.entries[-1]
+        # Persisted entries still count only if no truncation replaced them meanwhile.
+        off = last.index - self.snap_index - 1
+        if 0 <= off < len(self.entries) and self.entries[off] is last:
+            self.stable_index = max(self.stable_index, last.index)
         if self.role is Role.LEADER:
             me = self.progress[self.id]
             if self.stable_index > me.match:

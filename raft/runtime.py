@@ -228,8 +228,6 @@ class RuntimeStats:
     snapshots_installed: int = 0
     #: messages the core refused as malformed
     invalid_messages: int = 0
-    #: entries a leader applied as soon as followers committed them, during its own flush
-    applied_while_flushing: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -383,7 +381,6 @@ class RaftNode:
         self._source: ProposalSource | None = None
         self._source_waiting = False  # the source has commands for the next propose_batch
         self._timed: deque[_Waiter] = deque()  # callback proposals, by deadline
-        self._flushing = False  # the ready loop awaits a flush of a Ready without snapshot
         self._by_index: dict[int, _Waiter] = {}  # appended proposals and membership changes
         self._reads: dict[int, _Waiter] = {}  # read_index token -> reader
         self._read_points: list[tuple[int, int]] = []  # (index to apply first, token)
@@ -930,34 +927,7 @@ class RaftNode:
             if err is not None:
                 self.stats.invalid_messages += 1
                 log.warning("node %d: ignored a message from %d: %s", self.id, m.src, err)
-        if self._flushing and core.commit > self._applied:
-            self._apply_while_flushing(core)
         self._wake()
-
-    def _apply_while_flushing(self, core: RawNode) -> None:
-        """A leader applies (and answers) entries that its followers' acknowledgements
-        committed while its own flush runs, instead of after it and the next Ready.
-
-        Committed means persisted by a majority, so the answer is as durable as
-        one sent after the local flush.  The entries come from the core's log,
-        which below the commit index never changes; they are applied only in
-        order, from right after the last one applied, and never past a snapshot
-        the state machine has not restored.  The Ready that later reports them
-        committed skips them (see _apply).  Held back while a compaction is due,
-        so that the state machine is at the core's applied index when it is
-        snapshotted (see _maybe_compact).
-        """
-        if core.role is not Role.LEADER or self._compaction_due(core):
-            return
-        lo, hi = self._applied + 1, core.commit
-        if lo <= core.snap_index:
-            return
-        base = core.snap_index + 1
-        entries = core.entries[lo - base : hi - base + 1]
-        for e in entries:
-            self._apply(e)
-        self.stats.applied_while_flushing += len(entries)
-        self._serve_reads()
 
     async def _ready_loop(self, core: RawNode, storage: Storage) -> None:
         while True:
@@ -1088,13 +1058,16 @@ class RaftNode:
             # the leader), so it rides along with the next flush.
             if (before.term, before.vote) != (rd.hard_state.term, rd.hard_state.vote):
                 must_flush = True
-        if must_flush:
+        flush_behind = must_flush and rd.persist_later and self._nursery is not None
+        if flush_behind:
+            # A leader's Ready: nothing in it waits for this flush, so the loop goes
+            # on building the next Ready while it runs; the core counts the leader
+            # toward committing these entries only once _flush_behind reports them.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._flush_behind, core, rd)
+        elif must_flush:
             assert self._committer is not None
-            self._flushing = rd.snapshot is None
-            try:
-                await self._committer.commit()
-            finally:
-                self._flushing = False
+            await self._committer.commit()
             self.stats.flushes += 1
 
         # 2. Only now may the messages leave.
@@ -1123,11 +1096,18 @@ class RaftNode:
                 w.fail(NotLeader(core.leader))
         self._serve_reads()
 
-        core.advance(rd)
+        core.advance(rd, persisted=not flush_behind)
         if lost_leadership:
             self._on_leadership_lost(core)
         self._maybe_compact(core)
         self._notify()
+
+    async def _flush_behind(self, core: RawNode, rd: Ready) -> None:
+        assert self._committer is not None
+        await self._committer.commit()
+        self.stats.flushes += 1
+        core.persisted(rd)
+        self._wake()
 
     def _on_soft_state(self, ss: SoftState) -> bool:
         prev = self._soft
@@ -1169,8 +1149,6 @@ class RaftNode:
         self.stats.messages_sent += len(messages)
 
     def _apply(self, e: Entry) -> None:
-        if e.index <= self._applied:
-            return  # applied while a flush ran (_apply_while_flushing)
         result: object = e.index
         if e.kind is EntryKind.NORMAL:
             try:
@@ -1219,8 +1197,8 @@ class RaftNode:
         )
 
     def _maybe_compact(self, core: RawNode) -> None:
-        # The state machine must be exactly at the core's applied index: entries
-        # applied during a flush are acknowledged to the core by the next advance.
+        # The state machine must be exactly at the core's applied index, which it
+        # is right after advance(); the snapshot must describe that index.
         if not self._compaction_due(core) or self._applied != core.applied:
             return
         index = core.applied

@@ -145,6 +145,8 @@ class _SimNode:
     persisting: Ready | None = None
     waiting_reads: list[tuple[int, object]] = field(default_factory=list)
     role: Role = Role.FOLLOWER
+    generation: int = 0  # bumped by each crash: writes issued before it are lost
+    disk_free_at: int = 0
 
 
 @dataclass(slots=True)
@@ -194,6 +196,7 @@ class Cluster:
         read_every: int = 3,
         trace_len: int = 60,
         checks: bool = True,
+        leader_writes_behind: bool = True,
         verbose: bool = False,
         out: Callable[[str], None] = print,
     ) -> None:
@@ -214,6 +217,9 @@ class Cluster:
         self.trace: deque[str] = deque(maxlen=trace_len)
         self.verbose = verbose
         self.checks = checks  # benchmarks switch the per-entry bookkeeping off
+        # Leaders advance before their flush ends (Ready.persist_later), as the
+        # runtime does; crashes then lose writes the core already moved past.
+        self.leader_writes_behind = leader_writes_behind
         self.out = out
         self._queue: list[tuple[int, int, str, Any]] = []
         self._seq = 0
@@ -298,6 +304,8 @@ class Cluster:
                 self._tick(payload)
             elif kind == "persisted":
                 self._persisted(*payload)
+            elif kind == "durable":
+                self._durable(*payload)
             elif kind == "client":
                 self._client()
             elif kind == "fault":
@@ -336,10 +344,16 @@ class Cluster:
         if rd.soft_state is not None:
             self._on_soft_state(node, core)
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
-            delay = self.rng.randrange(50, 500)
+            # One disk per node: writes complete in the order they were issued.
+            node.disk_free_at = max(self.now + self.rng.randrange(50, 500), node.disk_free_at)
+            done = node.disk_free_at
         else:
-            delay = 0
-        self._at(self.now + delay, "persisted", (node.id, rd))
+            done = self.now
+        if rd.persist_later and self.leader_writes_behind:
+            self._at(done, "durable", (node.id, node.generation, rd))
+            self._complete(node, rd, persisted=False)
+        else:
+            self._at(done, "persisted", (node.id, rd))
 
     def _on_soft_state(self, node: _SimNode, core: RawNode) -> None:
         role = core.role
@@ -365,18 +379,34 @@ class Cluster:
 
     def _persisted(self, n: NodeId, rd: Ready) -> None:
         node = self.nodes[n]
-        core = node.core
-        if core is None or node.persisting is not rd:
+        if node.core is None or node.persisting is not rd:
             return  # crashed meanwhile: this Ready never reached the disk
+        self._write(node, rd)
+        self._complete(node, rd, persisted=True)
+
+    def _durable(self, n: NodeId, generation: int, rd: Ready) -> None:
+        node = self.nodes[n]
+        if node.core is None or node.generation != generation:
+            return  # crashed before the write finished: it never reached the disk
+        self._write(node, rd)
+        node.core.persisted(rd)
+        self._pump(node)
+
+    def _write(self, node: _SimNode, rd: Ready) -> None:
         if self.checks:
             self._check_log_matching(node, rd)
         node.disk.persist(rd)
+
+    def _complete(self, node: _SimNode, rd: Ready, *, persisted: bool) -> None:
+        """Send, apply and serve what ``rd`` holds, then advance the core."""
+        core = node.core
+        assert core is not None
         for m in rd.messages:
             self._send(m)
         if rd.snapshot is not None:
             node.machine.restore(rd.snapshot.meta.index, rd.snapshot.data)
             self.stats.snapshots_installed += 1
-            self.log(f"n{n} installed a snapshot at {rd.snapshot.meta.index}")
+            self.log(f"n{node.id} installed a snapshot at {rd.snapshot.meta.index}")
         if self.checks:
             for e in rd.committed:
                 self._apply(node, e)
@@ -389,7 +419,7 @@ class Cluster:
             self.pending_reads.pop(req, None)
         self._serve_reads(node)
         node.persisting = None
-        core.advance(rd)
+        core.advance(rd, persisted=persisted)
         if (
             self.auto_compact
             and core.applied - core.snap_index >= self.compact_every
@@ -567,6 +597,7 @@ class Cluster:
             return
         node.core = None
         node.persisting = None
+        node.generation += 1
         for req in [r for _, r in node.waiting_reads]:
             self.pending_reads.pop(req, None)  # type: ignore[call-overload]
         self.pending_writes = [w for w in self.pending_writes if w.node != n]

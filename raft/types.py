@@ -188,6 +188,11 @@ class Ready:
     3. apply ``committed`` to the state machine (``snapshot`` first, if any);
     4. serve ``read_states`` once the state machine has applied their index;
     5. call ``advance(ready)``.
+
+    When ``persist_later`` is true (a leader's Ready with nothing that waits for
+    its disk), the driver may instead call ``advance(ready, persisted=False)``
+    right after steps 0, 2-4 and report ``persisted(ready)`` once its flush is
+    done, so the leader keeps building Readys while it flushes.
     """
 
     soft_state: SoftState | None = None
@@ -199,6 +204,7 @@ class Ready:
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[object] = field(default_factory=list)
+    persist_later: bool = False
 
     def is_empty(self) -> bool:
         return (
