@@ -256,3 +256,26 @@ def test_follower_that_lost_acknowledged_entries_is_sent_them_again() -> None:
     net.deliver()
     assert net.node(3).last_index() == 7
     assert net.node(1).progress[3].match == 7
+
+
+def test_a_leader_counts_itself_only_once_its_write_behind_is_durable() -> None:
+    net = Net(1)
+    node = net.node(1)
+    node.campaign()
+    net.pump()
+    index = node.propose(b"x")
+    rd = node.ready()
+    assert rd.persist_later
+    node.advance(rd, persisted=False)
+    assert node.commit < index, "committed before its only voter's disk had it"
+    node.persisted(rd)
+    assert node.commit == index
+
+
+def test_only_a_leaders_ready_may_be_persisted_later() -> None:
+    node = follower()
+    node.step(Message(MessageType.APPEND, src=2, dst=1, term=1, incarnation=12))
+    rd = node.ready()
+    assert not rd.persist_later  # its APPEND_RESP must wait for the disk
+    with pytest.raises(RaftError):
+        node.advance(rd, persisted=False)
