@@ -538,13 +538,17 @@ class RawNode:
     def compact(self, index: int, data: bytes) -> Snapshot:
         """Record the application's snapshot at ``index`` and drop the log up to it.
 
-        ``index`` must be applied (acknowledged through advance).  Returns
+        ``index`` must be applied (acknowledged through advance) and persisted here.  Returns
         the Snapshot for the driver to persist; the node keeps it to stream
         to followers that fall behind.
         """
-        if not self.snap_index < index <= self.applied:
+        if not self.snap_index < index <= min(self.applied, self.stable_index):
+            # Beyond stable_index the entries are committed (by a majority) but
+            # not yet on this node's disk (a write-behind leader): a snapshot there
+            # would land on disk before the entries it covers.
             raise RaftError(
-                f"cannot snapshot at {index}: need {self.snap_index} < index <= applied"
+                f"cannot snapshot at {index}: need {self.snap_index} < index <= "
+                f"applied ({self.applied}) and <= persisted ({self.stable_index})"
             )
         term = self.term_at(index)
         assert term is not None

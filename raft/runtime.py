@@ -1194,6 +1194,9 @@ class RaftNode:
         return (
             not self._saving_snapshot
             and core.applied - core.snap_index >= self.options.snapshot_every
+            # A write-behind leader may have applied entries its own disk has not
+            # finished writing; the snapshot waits for them (see RawNode.compact).
+            and core.applied <= core.stable_index
         )
 
     def _maybe_compact(self, core: RawNode) -> None:

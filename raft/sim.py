@@ -423,7 +423,7 @@ class Cluster:
         if (
             self.auto_compact
             and core.applied - core.snap_index >= self.compact_every
-            and core.applied > core.snap_index
+            and core.snap_index < core.applied <= core.stable_index
         ):
             snap = core.compact(core.applied, node.machine.snapshot())
             node.disk.compact(snap)

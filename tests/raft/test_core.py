@@ -279,3 +279,22 @@ def test_only_a_leaders_ready_may_be_persisted_later() -> None:
     assert not rd.persist_later  # its APPEND_RESP must wait for the disk
     with pytest.raises(RaftError):
         node.advance(rd, persisted=False)
+
+
+def test_no_snapshot_beyond_what_this_nodes_disk_holds() -> None:
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    net.deliver()
+    leader = net.node(1)
+    leader.propose(b"x")
+    rd = leader.ready()
+    net.mailbox.extend(rd.early_messages)
+    leader.advance(rd, persisted=False)
+    net.deliver()  # both followers persist and acknowledge: committed without the leader
+    index = rd.entries[-1].index
+    assert leader.commit == leader.applied == index
+    assert leader.stable_index < index
+    with pytest.raises(RaftError, match="persisted"):
+        leader.compact(index, b"")
+    leader.persisted(rd)
+    assert leader.compact(index, b"").meta.index == index
