@@ -345,7 +345,12 @@ class Cluster:
             self._on_soft_state(node, core)
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             # One disk per node: writes complete in the order they were issued.
-            node.disk_free_at = max(self.now + self.rng.randrange(50, 500), node.disk_free_at)
+            # Mostly fast, now and then a stall: a slow leader disk is when
+            # followers commit entries the leader has not written yet.
+            delay = self.rng.randrange(50, 500)
+            if self.rng.random() < 0.03:
+                delay = self.rng.randrange(2 * MS, 20 * MS)
+            node.disk_free_at = max(self.now + delay, node.disk_free_at)
             done = node.disk_free_at
         else:
             done = self.now

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from raft.core import RawNode
-from raft.sim import Cluster, InvariantViolation, random_schedule
+from raft.sim import MS, Cluster, InvariantViolation, random_schedule
 
 from .test_scenarios import applied_history_conflicts, run_figure_8
 
@@ -31,12 +31,20 @@ class VotesWithoutLogCheck(RawNode):
 
 
 class ReadsWithoutHeartbeat(RawNode):
-    """Serves ReadIndex reads at once, without confirming leadership first."""
+    """Serves ReadIndex reads at once, without confirming leadership first.
+
+    It also never steps down for lack of a quorum: CheckQuorum alone closes
+    most of the window in which a deposed leader could answer, and the point
+    here is that the linearizability check sees the stale reads.
+    """
 
     def _register_read(self, request: object) -> None:
         from raft.types import ReadState
 
         self._read_states.append(ReadState(request, self.commit))
+
+    def _quorum_active(self) -> bool:
+        return True
 
 
 def first_violation(
@@ -66,9 +74,36 @@ def test_simulator_catches_votes_without_the_log_check() -> None:
 
 
 def test_simulator_catches_reads_without_leadership_confirmation() -> None:
-    violation = first_violation(ReadsWithoutHeartbeat, range(300))
-    assert violation is not None, "no schedule exposed the planted stale-read bug"
-    assert "linearizability" in violation.what
+    # A leader cut off in a minority keeps answering reads until CheckQuorum
+    # deposes it, while the majority elects a new leader and acknowledges writes.
+    caught = []
+    for seed in range(10):
+        cluster = Cluster(5, seed, node_factory=ReadsWithoutHeartbeat, read_every=2)
+        cluster.run_until(1000 * MS, stop=lambda c=cluster: c.leader() is not None)
+        cluster.run_until(cluster.now + 200 * MS)  # it commits in its term first
+        old = cluster.leader()
+        assert old is not None
+        others = [n for n in range(1, 6) if n != old.id]
+        cluster.partition((old.id, others[0]), tuple(others[1:]))
+        try:
+            cluster.run_until(cluster.now + 1500 * MS)
+        except InvariantViolation as e:
+            caught.append(e)
+    assert caught, "no run exposed the planted stale-read bug"
+    assert all("linearizability" in e.what for e in caught)
+
+
+def test_the_same_partitions_hold_no_stale_read_with_the_correct_core() -> None:
+    for seed in range(10):
+        cluster = Cluster(5, seed, read_every=2)
+        cluster.run_until(1000 * MS, stop=lambda c=cluster: c.leader() is not None)
+        cluster.run_until(cluster.now + 200 * MS)  # it commits in its term first
+        old = cluster.leader()
+        assert old is not None
+        others = [n for n in range(1, 6) if n != old.id]
+        cluster.partition((old.id, others[0]), tuple(others[1:]))
+        cluster.run_until(cluster.now + 1500 * MS)
+        assert cluster.stats.reads_served > 0
 
 
 @pytest.mark.parametrize("factory", [RawNode])
