@@ -657,15 +657,19 @@ class RawNode:
 
     def _handle_vote_request(self, m: Message) -> None:
         resp_type = _MT.VOTE_RESP if m.type is _MT.VOTE else _MT.PRE_VOTE_RESP
-        sender_is_voter = self._counts(m.src, m.incarnation)
+        # The candidate counts votes by its own configuration (it may know of
+        # changes we have not seen), so we only refuse one whose id our
+        # configuration binds to another incarnation: that is a wiped disk.
+        known = self.conf.incarnation_of(m.src)
+        sender_ok = known is None or known == 0 or known == m.incarnation
         can_vote = (
             self.vote == m.src
             or (self.vote is None and self.leader is None)
             or (m.type is _MT.PRE_VOTE and m.term > self.term)
         )
         grant = (
-            self.is_voter()
-            and sender_is_voter
+            self._may_vote()
+            and sender_ok
             and can_vote
             and self._log_up_to_date(m.log_term, m.index)
         )
@@ -678,6 +682,20 @@ class RawNode:
                 self.vote = m.src
         else:
             self._send(Message(resp_type, self.id, m.src, self.term, reject=True))
+
+    def _may_vote(self) -> bool:
+        """Whether this node may grant votes at all.
+
+        A voter in the current configuration may; so may one that the
+        committed configuration names, even if an uncommitted entry in its
+        own log demotes it: that entry may yet be overwritten, and refusing
+        could leave the cluster without the votes to elect anyone (found by
+        the simulator).  A node with no base snapshot, or whose incarnation
+        no configuration names (a wiped disk), never votes.
+        """
+        if self._snapshot is None:
+            return False
+        return self.is_voter() or self._conf_at(self.commit).is_voter(self.id, self.incarnation)
 
     def _log_up_to_date(self, last_term: int, last_index: int) -> bool:
         """§5.4.1: grant only to candidates whose log is at least as up to date as ours."""

@@ -296,3 +296,17 @@ def test_sim_replays_identically_from_its_seed() -> None:
         return (s.events, s.committed, s.writes_acked, s.reads_served, s.max_term, tuple(c.trace))
 
     assert run() == run()
+
+
+def test_a_voter_demoted_only_by_its_own_uncommitted_entry_still_votes() -> None:
+    # Found by a long hypothesis hunt (seed 340): the isolated leader n2 appends
+    # its own demotion, which never commits; n1 leads the majority, demotes n3
+    # and loses its disk.  The remaining majority needs n2's vote, and n2 used
+    # to refuse because its uncommitted entry said it was no longer a voter.
+    faults = [
+        Fault(121, "partition", groups=((1, 3, 4, 5), (2,))),
+        Fault(122, "add_learner", 2),
+        Fault(226, "add_learner", 3),
+        Fault(227, "wipe", 1),
+    ]
+    Cluster(5, 340).run(faults, heal_at_ms=3000)

@@ -21,6 +21,10 @@ EXAMPLES = int(os.environ.get("RAFT_SIM_EXAMPLES", "300"))
 DURATION_MS = 3000
 
 
+def _partition(at_ms: int, order: list[int], cut: int) -> Fault:
+    return Fault(at_ms, "partition", groups=(tuple(order[:cut]), tuple(order[cut:])))
+
+
 @st.composite
 def schedules(draw: st.DrawFn) -> tuple[int, int, list[Fault]]:
     nodes = draw(st.sampled_from([3, 5]))
@@ -34,13 +38,7 @@ def schedules(draw: st.DrawFn) -> tuple[int, int, list[Fault]]:
         st.builds(Fault, at, st.just("heal")),
         st.builds(Fault, at, st.just("oneway"), node, node),
         st.builds(Fault, at, st.just("lossy"), rate=st.sampled_from([0.05, 0.2, 0.5])),
-        st.permutations(ids[:nodes])
-        .flatmap(
-            lambda p: st.integers(1, nodes - 1).map(
-                lambda cut: Fault(0, "partition", groups=(tuple(p[:cut]), tuple(p[cut:])))
-            )
-        )
-        .flatmap(lambda f: at.map(lambda t: Fault(t, f.kind, groups=f.groups))),
+        st.builds(_partition, at, st.permutations(ids[:nodes]), st.integers(1, nodes - 1)),
     )
     faults = sorted(draw(st.lists(fault, max_size=14)), key=lambda f: f.at_ms)
     return nodes, seed, faults
