@@ -318,7 +318,7 @@ class RawNode:
         self._want_broadcast = True
 
     def _campaign(self, force: bool = False) -> None:
-        if not self.is_voter():
+        if not self._may_vote():
             return
         if self.config.pre_vote and not force:
             self._become_pre_candidate()
@@ -326,7 +326,7 @@ class RawNode:
         else:
             self._become_candidate()
             vote_type, term = _MT.VOTE, self.term
-        self._votes = {self.id: True}
+        self._votes = {self.id: True} if self.is_voter() else {}
         if self._tally() is True:
             self._won(vote_type)
             return
@@ -345,8 +345,11 @@ class RawNode:
                 )
 
     def _tally(self) -> bool | None:
-        granted = sum(1 for v in self._votes.values() if v)
-        rejected = len(self._votes) - granted
+        # Only the current configuration's voters count, the candidate included
+        # only if it is one of them (it may be campaigning to finish its own removal).
+        votes = [self._votes.get(n) for n, _ in self.conf.voters]
+        granted = sum(1 for v in votes if v)
+        rejected = sum(1 for v in votes if v is False)
         if granted >= self._quorum():
             return True
         if rejected > len(self.conf.voters) - self._quorum():
@@ -366,7 +369,7 @@ class RawNode:
         self._election_elapsed += 1
         if self.role is Role.LEADER:
             self._tick_leader()
-        elif self._election_elapsed >= self._randomized_timeout and self.is_voter():
+        elif self._election_elapsed >= self._randomized_timeout and self._may_vote():
             self._election_elapsed = 0
             self._reset_randomized_timeout()
             self._campaign()
@@ -684,14 +687,16 @@ class RawNode:
             self._send(Message(resp_type, self.id, m.src, self.term, reject=True))
 
     def _may_vote(self) -> bool:
-        """Whether this node may grant votes at all.
+        """Whether this node may grant votes and stand for election.
 
         A voter in the current configuration may; so may one that the
         committed configuration names, even if an uncommitted entry in its
-        own log demotes it: that entry may yet be overwritten, and refusing
-        could leave the cluster without the votes to elect anyone (found by
-        the simulator).  A node with no base snapshot, or whose incarnation
-        no configuration names (a wiped disk), never votes.
+        own log demotes it: that entry may yet be overwritten (then its vote is
+        needed), or it may be the only copy of the change (then it must lead
+        long enough to commit it, counting votes by its current configuration,
+        before it steps down).  Refusing either left clusters unable to elect
+        anyone (both found by the simulator).  A node with no base snapshot, or
+        whose incarnation no configuration names (a wiped disk), never votes.
         """
         if self._snapshot is None:
             return False

@@ -310,3 +310,21 @@ def test_a_voter_demoted_only_by_its_own_uncommitted_entry_still_votes() -> None
         Fault(227, "wipe", 1),
     ]
     Cluster(5, 340).run(faults, heal_at_ms=3000)
+
+
+def test_the_only_holder_of_its_own_demotion_may_lead_to_commit_it() -> None:
+    # Found by a long hypothesis hunt (seed 169): n1 leads, demotes itself just
+    # as n2 (the only other voter) crashes, so n1 alone holds the change.  n2
+    # comes back behind n1's log and cannot win; n1 used to refuse to stand
+    # because its own uncommitted entry had made it a learner.  It now campaigns
+    # (counting votes by that entry's configuration), commits it, and hands over.
+    faults = [
+        Fault(99, "add_learner", 3),
+        Fault(107, "crash", 2),
+        Fault(108, "add_learner", 1),
+    ]
+    cluster = Cluster(3, 169)
+    cluster.run(faults, heal_at_ms=3000)
+    leader = cluster.leader()
+    assert leader is not None and leader.id == 2 and leader.core is not None
+    assert leader.core.conf.voter_ids() == {2}
