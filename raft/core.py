@@ -278,6 +278,7 @@ class RawNode:
         self.progress = {}
 
     def _drop_reads(self) -> None:
+        self._read_round_open = False
         self._dropped_reads.extend(r.request for r in self._pending_reads)
         self._dropped_reads.extend(self._reads_awaiting_commit)
         self._pending_reads.clear()
@@ -1139,7 +1140,9 @@ class RawNode:
                 self._broadcast_append()
             if self._read_round_open:
                 self._broadcast_heartbeat()
+        # Whatever these flags asked for was done above, or no longer applies.
         self._want_broadcast = False
+        self._read_round_open = False
         rd = Ready()
         hs = HardState(self.term, self.vote, self.commit)
         vote_durable = (hs.term, hs.vote) == (self._prev_hard.term, self._prev_hard.vote)

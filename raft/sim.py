@@ -294,8 +294,14 @@ class Cluster:
     def run_until(self, t_us: int, stop: Callable[[], bool] | None = None) -> None:
         """Process events up to simulated time ``t_us`` (or until ``stop()``)."""
         q = self._queue
+        same_instant = 0
         while q and q[0][0] <= t_us:
             when, _, kind, payload = heapq.heappop(q)
+            # Nodes that keep producing work without time passing are livelocked:
+            # fail with the trace rather than spin forever.
+            same_instant = same_instant + 1 if when == self.now else 0
+            if same_instant > 10_000:
+                self.fail("livelock: 10,000 events without simulated time passing")
             self.now = when
             self.stats.events += 1
             if kind == "deliver":

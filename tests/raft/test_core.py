@@ -298,3 +298,19 @@ def test_no_snapshot_beyond_what_this_nodes_disk_holds() -> None:
         leader.compact(index, b"")
     leader.persisted(rd)
     assert leader.compact(index, b"").meta.index == index
+
+
+def test_a_leader_deposed_with_a_read_round_open_goes_quiet() -> None:
+    # Found by a long hunt: the open round kept has_ready() true on the new
+    # follower forever, and the simulator spun at one instant of time.
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    net.deliver()
+    node = net.node(1)
+    node.read_index("r")
+    term = node.term
+    node.step(Message(MessageType.HEARTBEAT, src=2, dst=1, term=term + 1, incarnation=1002))
+    rd = node.ready()
+    assert rd.dropped_reads == ["r"]
+    node.advance(rd)
+    assert not node.has_ready()
