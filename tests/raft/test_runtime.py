@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import ssl
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,7 @@ from raft.runtime import NodeOptions, RaftNode, shutdown_on_signals
 from raft.statemachine import StateMachine
 from raft.storage import Storage
 from raft.types import ConfChange, ConfChangeType, ConfState, Role
+from tests.raft.conftest import FlushGate
 from vaultd.pki import (
     client_ssl_context,
     create_ca,
@@ -465,23 +465,13 @@ async def test_a_leader_that_loses_its_quorum_fails_what_it_cannot_finish(
 
 
 async def test_a_timed_out_proposal_has_an_unknown_outcome(
-    tmp_path: Path, tls: dict[int, Tls], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tls: dict[int, Tls], flush_gate: FlushGate
 ) -> None:
-    # Hold the node's flushes (they run in a worker thread) to keep its ready loop busy.
-    gate = threading.Event()
-    gate.set()
-    original_sync = Storage.sync
-
-    def gated_sync(self: Storage) -> None:
-        gate.wait()
-        original_sync(self)
-
-    monkeypatch.setattr(Storage, "sync", gated_sync)
     async with open_cluster(tmp_path, tls, n=1, unsafe_no_fsync=True) as c:
         with trio.fail_after(TIMEOUT):
             node = await c.wait_leader()
             assert await node.propose(b"incr n") == 1
-            gate.clear()
+            flush_gate.hold()
             try:
                 with pytest.raises(ProposalTimeout):
                     await node.propose(b"incr n", timeout=0.2)
@@ -490,7 +480,7 @@ async def test_a_timed_out_proposal_has_an_unknown_outcome(
                 assert await node.read(b"n", timeout=0.2) == "1"
                 assert node.status()["pending_proposals"] == 0  # the caller's waiter is gone
             finally:
-                gate.set()
+                flush_gate.release()
             # The timed-out proposal was applied all the same: "unknown", not "failed".
             assert await node.propose(b"incr n") == 3
             assert await node.read(b"n") == "3"

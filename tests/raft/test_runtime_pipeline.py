@@ -3,10 +3,8 @@ leader applying what its followers committed while its own flush runs."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 
@@ -18,7 +16,7 @@ from raft.errors import (
     ProposalTimeout,
 )
 from raft.runtime import NodeOptions, ProposalCallback, RaftNode
-from raft.storage import Storage
+from tests.raft.conftest import FlushGate
 from tests.raft.test_runtime import KV, TIMEOUT, Tls, open_cluster, tls
 
 __all__ = ["tls"]  # the certificate fixture, shared with test_runtime
@@ -120,24 +118,15 @@ async def test_a_raising_callback_does_not_stop_the_node(
 
 
 async def test_source_commands_time_out_with_an_unknown_outcome_and_respect_the_bound(
-    tmp_path: Path, tls: dict[int, Tls], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tls: dict[int, Tls], flush_gate: FlushGate
 ) -> None:
-    gate = threading.Event()
-    gate.set()
-    original_sync = Storage.sync
-
-    def gated_sync(self: Storage) -> None:
-        gate.wait()
-        original_sync(self)
-
-    monkeypatch.setattr(Storage, "sync", gated_sync)
     async with open_cluster(
         tmp_path, tls, n=1, unsafe_no_fsync=True, proposal_timeout_s=0.2, max_pending_proposals=2
     ) as c:
         with trio.fail_after(TIMEOUT):
             node = await c.wait_leader()
             assert await node.propose(b"incr n") == 1
-            gate.clear()
+            flush_gate.hold()
             source = Source()
             try:
                 node.attach_proposal_source(source)
@@ -149,7 +138,7 @@ async def test_source_commands_time_out_with_an_unknown_outcome_and_respect_the_
                 assert isinstance(source.outcomes[b"incr o"][1], ProposalDropped)
                 assert node.status()["pending_proposals"] == 0
             finally:
-                gate.set()
+                flush_gate.release()
             # Timed out is "unknown", not "failed": the first two were applied.
             assert await node.propose(b"incr n") == 3
             assert await node.read(b"m") == "1"
@@ -185,19 +174,8 @@ async def test_a_stopped_node_fails_source_commands_at_once(
 
 
 async def test_a_leader_whose_disk_stalls_still_acknowledges_what_its_followers_persisted(
-    tmp_path: Path, tls: dict[int, Tls], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tls: dict[int, Tls], flush_gate: FlushGate
 ) -> None:
-    gate = threading.Event()
-    gate.set()
-    stalled: list[Storage] = []
-    original_sync = Storage.sync
-
-    def gated_sync(self: Storage) -> None:
-        if self in stalled:
-            gate.wait()
-        original_sync(self)
-
-    monkeypatch.setattr(Storage, "sync", gated_sync)
     async with open_cluster(tmp_path, tls, unsafe_no_fsync=True) as c:
         with trio.fail_after(TIMEOUT):
             leader = await c.wait_leader()
@@ -209,8 +187,7 @@ async def test_a_leader_whose_disk_stalls_still_acknowledges_what_its_followers_
             await trio.testing.wait_all_tasks_blocked()
             storage = leader._storage
             assert storage is not None
-            stalled.append(storage)
-            gate.clear()
+            flush_gate.hold(storage)
             source = Source()
             leader.attach_proposal_source(source)
             try:
@@ -221,7 +198,7 @@ async def test_a_leader_whose_disk_stalls_still_acknowledges_what_its_followers_
                 await source.settled.wait()
                 assert source.outcomes == {b"incr n": (2, None), b"incr m": (1, None)}
             finally:
-                gate.set()
+                flush_gate.release()
             assert await leader.propose(b"incr n") == 3
             assert await leader.read(b"m") == "1"
             await c.until(
