@@ -898,8 +898,10 @@ class RawNode:
                 pr.become_probe()
             if pr.next <= pr.match:
                 pr.next = pr.match + 1
-            if self._maybe_commit():
-                self._want_broadcast = True
+            # A new commit index is not broadcast on its own: it rides on the next
+            # append each follower gets, or on the next heartbeat round (see
+            # _send_append).  Under load that halves the messages per entry.
+            self._maybe_commit()
         elif pr.state is ProgressState.PROBE:
             pr.paused = False
         if m.src == self._transferee and pr.match == self.last_index():
@@ -984,7 +986,8 @@ class RawNode:
             if pr is not None and pr.incarnation == inc and (best is None or pr.match > best[0]):
                 best = (pr.match, node)
         self._want_broadcast = False
-        self._broadcast_append()
+        # Followers hear the committed removal now: no heartbeat of ours follows.
+        self._broadcast_append(with_commit=True)
         if best is not None and best[0] == self.last_index():
             self._send(Message(_MT.TIMEOUT_NOW, self.id, best[1], self.term))
         self._become_follower(self.term, None)
@@ -1020,10 +1023,10 @@ class RawNode:
                     )
                 )
 
-    def _broadcast_append(self) -> None:
+    def _broadcast_append(self, *, with_commit: bool = False) -> None:
         for node, pr in self.progress.items():
             if node != self.id:
-                self._send_append(node, pr)
+                self._send_append(node, pr, probe_tail=with_commit)
 
     def _send_append(self, node: NodeId, pr: Progress, probe_tail: bool = False) -> None:
         """Send what ``node`` is missing, within the flow-control limits."""
@@ -1041,12 +1044,10 @@ class RawNode:
             pr.become_snapshot(self._snapshot)
             self._send_snapshot_chunk(node, pr)
             return
-        if (
-            pr.state is ProgressState.REPLICATE
-            and pr.next > last
-            and pr.sent_commit >= self.commit
-            and not probe_tail
-        ):
+        if pr.state is ProgressState.REPLICATE and pr.next > last and not probe_tail:
+            # Nothing new to send.  A commit index the follower lacks waits for the
+            # next append or heartbeat round: followers only need it to apply,
+            # and nothing is answered from a follower's state machine.
             return
         while True:
             prev = pr.next - 1
@@ -1214,8 +1215,7 @@ class RawNode:
             me = self.progress[self.id]
             if self.stable_index > me.match:
                 me.match = self.stable_index
-                if self._maybe_commit():
-                    self._want_broadcast = True
+                self._maybe_commit()
 
     # -------------------------------------------------------------- queries
 
