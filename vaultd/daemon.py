@@ -60,6 +60,7 @@ __all__ = [
     "NodeBackend",
     "ProposalBatcher",
     "configure_logging",
+    "pack_batch",
     "serve",
 ]
 
@@ -67,7 +68,9 @@ log: Final = logging.getLogger("vaultd.daemon")
 
 TAG_APP: Final = 0x00
 TAG_DIRECTORY: Final = 0x01
-TAG_BATCH: Final = 0x02
+#: 0x02 was an array of separately packed commands, before entries held the
+#: commands' own encodings inline; it is refused rather than misread
+TAG_BATCH: Final = 0x03
 #: limits of one batched log entry (it must fit the runtime's max_command_bytes)
 BATCH_MAX_COMMANDS: Final = 1024
 BATCH_MAX_BYTES: Final = 256 * 1024
@@ -128,11 +131,13 @@ class ClusterStateMachine:
             return self.app.apply(index, command[1:])
         if tag == _BATCH:
             try:
-                commands = msgpack.unpackb(command[1:], raw=False, use_list=True)
-                if type(commands) is not list or not all(type(c) is bytes for c in commands):
-                    raise ValueError("a batch is an array of commands")
+                commands = msgpack.unpackb(
+                    command[1:], raw=False, use_list=True, strict_map_key=True
+                )
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
                 return CommandError(f"bad batch: {exc}")
+            if type(commands) is not list:
+                return CommandError("bad batch: not an array of commands")
             return self.app.apply_batch(index, commands)
         if tag == _DIRECTORY:
             return self._apply_directory(command[1:])
@@ -199,39 +204,57 @@ class ClusterStateMachine:
 Done = Callable[[object, BaseException | None], None]
 """Receives a submitted command's result, or the error that failed its batch."""
 
+GroupDone = Callable[[list[object] | None, BaseException | None], None]
+"""Receives a submitted group's results (one per command, in order), or the one
+error that failed the entry carrying the whole group."""
 
-class _Slot:
-    """One submitted command: a waiting task (``event``) or a callback (``done``)."""
 
-    __slots__ = ("done", "error", "event", "result")
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
-    def __init__(self, done: Done | None = None) -> None:
+
+def pack_batch(commands: list[bytes]) -> bytes:
+    """A ``TAG_BATCH`` entry: one msgpack array whose elements are the commands'
+    own msgpack encodings, concatenated as they are (so packing costs a join
+    and applying decodes the whole entry in one call).  Each command must be
+    exactly one msgpack object, as :func:`vaultd.kvstore.encode_command` makes."""
+    return _BATCH + _array_header(len(commands)) + b"".join(commands)
+
+
+class _Group:
+    """Commands submitted together: they go into one entry and share its fate."""
+
+    __slots__ = ("commands", "done", "size")
+
+    def __init__(self, commands: list[bytes], done: GroupDone, size: int) -> None:
+        self.commands = commands
         self.done = done
-        self.event: trio.Event | None = None if done is not None else trio.Event()
-        self.result: object = None
-        self.error: BaseException | None = None
-
-    def resolve(self, result: object, error: BaseException | None) -> None:
-        self.result, self.error = result, error
-        if self.done is not None:
-            self.done(result, error)
-        else:
-            assert self.event is not None
-            self.event.set()
+        self.size = size
 
 
 class ProposalBatcher:
     """Packs application commands submitted at about the same time into one entry.
 
+    Commands come in *groups* (:meth:`submit_many`; the service submits every
+    write one read from a connection carried as one group, so the per-command
+    bookkeeping is a list element, not a callback).  A group never spans two
+    entries, so it has one outcome; an entry holds as many whole groups as fit
+    ``max_commands``/``max_bytes``.
+
     With a node that offers ``attach_proposal_source`` (a
     :class:`raft.runtime.RaftNode`), :meth:`run` attaches the batcher as the
     node's proposal source: the node's ready loop takes everything queued
-    just before it proposes, as entries of up to ``max_commands``/``max_bytes``
-    each, and reports each entry's outcome through a callback.  Commands that
-    arrive while a flush runs thus go into the next one with no task of
-    their own, and no task wakes per batch on either side of the log.
+    just before it proposes and reports each entry's outcome through a
+    callback.  Commands that arrive while a flush runs thus go into the next
+    one with no task of their own, and no task wakes per batch on either side
+    of the log.
 
-    With any other node (an object with ``async propose``), the first command
+    With any other node (an object with ``async propose``), the first group
     queued schedules a flush task; by the time it runs, the other tasks that
     were runnable have queued theirs too, and it proposes everything waiting
     (the rest gets another flush task at once), so several batches can be in
@@ -248,44 +271,69 @@ class ProposalBatcher:
         max_commands: int = BATCH_MAX_COMMANDS,
         max_bytes: int = BATCH_MAX_BYTES,
     ) -> None:
+        if max_commands < 1 or max_bytes < 1:
+            raise ValueError("batch limits must be positive")
         self._node = node
-        self._max_commands = max_commands
-        self._max_bytes = max_bytes
-        self._pending: list[tuple[bytes, _Slot]] = []
+        self.max_commands = max_commands
+        self.max_bytes = max_bytes
+        self._pending: list[_Group] = []
         self._nursery: trio.Nursery | None = None
         self._flush_scheduled = False
         self._attached = False  # the node pulls (take_proposals)
         self.batches = 0
         self.commands = 0
 
+    def group_fits(self, count: int, size: int) -> bool:
+        """Whether ``count`` commands of ``size`` bytes in all may form one group.
+        One command always may: the node enforces its own command size limit."""
+        return count == 1 or (
+            count <= self.max_commands and size + _ENTRY_OVERHEAD * count <= self.max_bytes
+        )
+
     async def submit(self, command: bytes) -> object:
         """Propose one application command; return its result once applied.
         Raises what the node's ``propose`` raises."""
         if self._nursery is None:
             return await self._node.propose(_APP + command)
-        slot = _Slot()
-        self._enqueue(command, slot)
-        assert slot.event is not None
-        await slot.event.wait()
-        if slot.error is not None:
-            raise slot.error
-        return slot.result
+        event = trio.Event()
+        outcome: list[Any] = []
+
+        def done(results: list[object] | None, error: BaseException | None) -> None:
+            outcome.append((results, error))
+            event.set()
+
+        self.submit_many([command], done)
+        await event.wait()
+        results, error = outcome[0]
+        if error is not None:
+            raise error
+        return results[0]
 
     def submit_nowait(self, command: bytes, done: Done) -> None:
-        """Queue one command; ``done(result, error)`` is called once its batch is
-        applied or failed (from a flush task).  Needs :meth:`run` running."""
+        """Queue one command; ``done(result, error)`` is called once its entry is
+        applied or failed.  Needs :meth:`run` running."""
+
+        def one(results: list[object] | None, error: BaseException | None) -> None:
+            done(None if results is None else results[0], error)
+
+        self.submit_many([command], one)
+
+    def submit_many(self, commands: list[bytes], done: GroupDone) -> None:
+        """Queue a group of commands for one entry; ``done(results, None)`` with one
+        result per command once it is applied, or ``done(None, error)``, exactly
+        once.  A group must fit the limits (:meth:`group_fits`): ValueError
+        otherwise.  Without :meth:`run` running, fails at once with NodeStopped."""
+        size = sum(map(len, commands))
+        if not commands or not self.group_fits(len(commands), size):
+            raise ValueError(f"a group of {len(commands)} commands, {size} bytes, does not fit")
         if self._nursery is None:
             done(None, raft_errors.NodeStopped("the node is not running"))
             return
-        self._enqueue(command, _Slot(done))
-
-    def _enqueue(self, command: bytes, slot: _Slot) -> None:
-        self._pending.append((command, slot))
+        self._pending.append(_Group(commands, done, size + _ENTRY_OVERHEAD * len(commands)))
         if self._attached:
             if len(self._pending) == 1:
                 self._node.proposals_waiting()
         elif not self._flush_scheduled:
-            assert self._nursery is not None
             self._flush_scheduled = True
             self._nursery.start_soon(self._flush)
 
@@ -306,79 +354,88 @@ class ProposalBatcher:
                 attach(None)
             error = raft_errors.NodeStopped("the node is stopping")
             pending, self._pending = self._pending, []
-            for _, slot in pending:
-                slot.resolve(None, error)
-
-    async def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch = self._take()
-        if self._pending and self._nursery is not None:
-            self._flush_scheduled = True
-            self._nursery.start_soon(self._flush)
-        if batch:
-            await self._propose(batch)
+            for group in pending:
+                group.done(None, error)
 
     def take_proposals(self) -> list[tuple[bytes, Callable[[object, BaseException | None], None]]]:
         """Everything queued, packed into entries, each with the callback that
         answers its commands (the node's proposal-source protocol)."""
-        entries: list[tuple[bytes, Callable[[object, BaseException | None], None]]] = []
+        entries = []
         while self._pending:
-            batch = self._take()
-            self.batches += 1
-            self.commands += len(batch)
-            if len(batch) == 1:
-                command, slot = batch[0]
-                entries.append((_APP + command, slot.resolve))
-            else:
-                packed: bytes = msgpack.packb([c for c, _ in batch], use_bin_type=True)
-                entries.append((_BATCH + packed, _answer_batch(batch)))
+            entries.append(self._next_entry())
         return entries
 
-    def _take(self) -> list[tuple[bytes, _Slot]]:
-        size = 0
-        n = 0
-        for command, _ in self._pending:
-            if n and (n >= self._max_commands or size + len(command) > self._max_bytes):
+    def _next_entry(self) -> tuple[bytes, Done]:
+        pending = self._pending
+        count = size = taken = 0
+        for group in pending:
+            n = len(group.commands)
+            if taken and (count + n > self.max_commands or size + group.size > self.max_bytes):
                 break
-            size += len(command) + 5
-            n += 1
-        batch, self._pending = self._pending[:n], self._pending[n:]
-        return batch
-
-    async def _propose(self, batch: list[tuple[bytes, _Slot]]) -> None:
+            count += n
+            size += group.size
+            taken += 1
+        groups = pending[:taken]
+        del pending[:taken]
         self.batches += 1
-        self.commands += len(batch)
-        try:
-            if len(batch) == 1:
-                results: list[object] = [await self._node.propose(_APP + batch[0][0])]
-            else:
-                packed: bytes = msgpack.packb([c for c, _ in batch], use_bin_type=True)
-                out = await self._node.propose(_BATCH + packed)
-                results = list(out) if isinstance(out, list) else [out] * len(batch)
-        except Exception as exc:
-            for _, slot in batch:
-                slot.resolve(None, exc)
+        self.commands += count
+        if count == 1:
+            return _APP + groups[0].commands[0], _answer_single(groups[0].done)
+        if taken == 1:
+            data = pack_batch(groups[0].commands)
+        else:
+            data = pack_batch([c for g in groups for c in g.commands])
+        return data, _answer_groups(groups, count)
+
+    async def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
             return
-        for (_, slot), result in zip(batch, results, strict=True):
-            slot.resolve(result, None)
+        data, done = self._next_entry()
+        if self._pending and self._nursery is not None:
+            self._flush_scheduled = True
+            self._nursery.start_soon(self._flush)
+        try:
+            result = await self._node.propose(data)
+        except Exception as exc:
+            done(None, exc)
+            return
+        done(result, None)
 
 
-def _answer_batch(batch: list[tuple[bytes, _Slot]]) -> Done:
-    """The callback that answers every command of one batch entry."""
+#: what one command adds to a batch entry beyond its own bytes (the array
+#: header, amortised generously), so size limits stay conservative
+_ENTRY_OVERHEAD: Final = 5
 
-    def done(result: object, error: BaseException | None) -> None:
+
+def _answer_single(done: GroupDone) -> Done:
+    def answer(result: object, error: BaseException | None) -> None:
+        done(None if error is not None else [result], error)
+
+    return answer
+
+
+def _answer_groups(groups: list[_Group], count: int) -> Done:
+    """The callback that answers every group of one batch entry."""
+
+    def answer(result: object, error: BaseException | None) -> None:
         if error is not None:
-            for _, slot in batch:
-                slot.resolve(None, error)
+            for group in groups:
+                group.done(None, error)
             return
         # A batch's result is one result per command; anything else (a bad batch
         # gives one CommandError) answers every command alike.
-        if not isinstance(result, list) or len(result) != len(batch):
-            result = [result] * len(batch)
-        for (_, slot), r in zip(batch, result, strict=True):
-            slot.resolve(r, None)
+        if type(result) is not list or len(result) != count:
+            for group in groups:
+                group.done([result] * len(group.commands), None)
+            return
+        start = 0
+        for group in groups:
+            end = start + len(group.commands)
+            group.done(result[start:end] if len(groups) > 1 else result, None)
+            start = end
 
-    return done
+    return answer
 
 
 class NodeBackend:
@@ -424,15 +481,25 @@ class NodeBackend:
         except raft_errors.RaftError as exc:
             raise self.service_error(exc) from None
 
-    def submit(self, command: bytes, done: Callable[[Result, ServiceError | None], None]) -> None:
-        """Propose an application command without waiting: ``done(result, None)``
-        once applied, or ``done(None, error)`` with a typed error."""
+    def group_fits(self, count: int, size: int) -> bool:
+        return self.batcher.group_fits(count, size)
 
-        def finished(result: object, error: BaseException | None) -> None:
-            if error is None and isinstance(result, CommandError):
-                error = InternalError(str(result))
+    def submit_many(
+        self,
+        commands: list[bytes],
+        done: Callable[[list[Result] | None, ServiceError | None], None],
+    ) -> None:
+        """Propose a group of application commands (one entry) without waiting:
+        ``done(results, None)`` once applied, or ``done(None, error)`` with a
+        typed error."""
+
+        def finished(results: list[object] | None, error: BaseException | None) -> None:
+            # An entry the state machine refused as a whole answers every command
+            # with the same CommandError, so the first result tells.
+            if error is None and results is not None and isinstance(results[0], CommandError):
+                error = InternalError(str(results[0]))
             if error is None:
-                done(result, None)  # type: ignore[arg-type]
+                done(results, None)  # type: ignore[arg-type]
             elif isinstance(error, raft_errors.RaftError):
                 done(None, self.service_error(error))
             elif isinstance(error, ServiceError):
@@ -440,7 +507,7 @@ class NodeBackend:
             else:
                 done(None, InternalError(f"{type(error).__name__}: {error}"))
 
-        self.batcher.submit_nowait(command, finished)
+        self.batcher.submit_many(commands, finished)
 
     async def propose(self, command: bytes) -> Result:
         result = await self._run(self.batcher.submit(command))

@@ -34,6 +34,7 @@ __all__ = [
     "KVStore",
     "Put",
     "Result",
+    "command_from_wire",
     "decode_command",
     "encode_command",
 ]
@@ -143,24 +144,33 @@ def decode_command(data: bytes) -> Command:
         wire = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except (msgpack.UnpackException, ValueError, TypeError, OverflowError) as exc:
         raise CommandError(f"not msgpack: {exc}") from None
+    return command_from_wire(wire)
+
+
+_ARITY: Final = {"put": 2, "get": 1, "incr": 2, "cas": 3}
+
+
+def command_from_wire(wire: object) -> Command:
+    """Validate one command as msgpack decodes :func:`encode_command`'s bytes
+    (an array starting with the command's name).  Raises CommandError."""
     if type(wire) is not list or not wire or type(wire[0]) is not str:
         raise CommandError("a command must be an array starting with its name")
-    op, args = wire[0], wire[1:]
-    shapes = {"put": 2, "get": 1, "incr": 2, "cas": 3}
-    if op not in shapes:
+    op = wire[0]
+    arity = _ARITY.get(op)
+    if arity is None:
         raise CommandError(f"unknown command {op[:32]!r}")
-    if len(args) != shapes[op]:
-        raise CommandError(f"{op} takes {shapes[op]} arguments, got {len(args)}")
-    key = _check_key(args[0])
+    if len(wire) != arity + 1:
+        raise CommandError(f"{op} takes {arity} arguments, got {len(wire) - 1}")
+    key = _check_key(wire[1])
     if op == "put":
-        value = _check_value(args[1])
+        value = _check_value(wire[2])
         assert value is not None
         return Put(key, value)
     if op == "get":
         return Get(key)
     if op == "incr":
-        return Incr(key, _check_delta(args[1]))
-    return Cas(key, _check_value(args[1], nullable=True), _check_value(args[2], nullable=True))
+        return Incr(key, _check_delta(wire[2]))
+    return Cas(key, _check_value(wire[2], nullable=True), _check_value(wire[3], nullable=True))
 
 
 def _parse_counter(value: bytes | None) -> int | None:
@@ -201,18 +211,38 @@ class KVStore:
             return Failed(str(exc))
         return self.execute(cmd)
 
-    def apply_batch(self, index: int, commands: list[bytes]) -> list[Result]:
+    def apply_batch(self, index: int, commands: list[Any]) -> list[Result]:
         """Apply several commands committed together in the entry at log ``index``,
-        in order; one result per command (as :meth:`apply` would give each)."""
+        in order; one result per command (as :meth:`apply` would give each).
+
+        ``commands`` holds the commands as msgpack decoded them (what
+        :func:`command_from_wire` takes): a batch entry is decoded in one call,
+        not one per command."""
         if index <= self.applied_index:
             raise CommandError(f"entry {index} applied after {self.applied_index}")
         self.applied_index = index
         results: list[Result] = []
-        for data in commands:
+        append = results.append
+        data = self._data
+        for wire in commands:
+            # Puts dominate write batches: validate and store them without
+            # building a Put; everything else takes the general path.
+            if (
+                type(wire) is list
+                and len(wire) == 3
+                and wire[0] == "put"
+                and type(key := wire[1]) is bytes
+                and 0 < len(key) <= MAX_KEY_BYTES
+                and type(value := wire[2]) is bytes
+                and len(value) <= MAX_VALUE_BYTES
+            ):
+                data[key] = value
+                append(None)
+                continue
             try:
-                results.append(self.execute(decode_command(data)))
+                append(self.execute(command_from_wire(wire)))
             except CommandError as exc:
-                results.append(Failed(str(exc)))
+                append(Failed(str(exc)))
         return results
 
     def execute(self, cmd: Command) -> Result:

@@ -77,6 +77,7 @@ _HANDSHAKE_TIMEOUT: Final = 10.0
 _WRITES: Final = frozenset({"kv.put", "kv.incr", "kv.cas"})
 _REQUEST_KEYS: Final = frozenset({"id", "op", "args"})
 _PUT_ARGS: Final = frozenset({"key", "value"})
+_ANSWERED: Final = (-1, b"")  # _parse_write's "answered with an error already"
 OPS: Final = frozenset(
     {
         "kv.put",
@@ -312,9 +313,19 @@ class Backend(Protocol):
         """Replicate an encoded state-machine command; return its result once applied."""
         ...
 
-    def submit(self, command: bytes, done: Callable[[Result, ServiceError | None], None]) -> None:
-        """Like :meth:`propose` without waiting: ``done(result, None)`` once applied,
-        ``done(None, error)`` on failure.  The service's hot path for writes."""
+    def group_fits(self, count: int, size: int) -> bool:
+        """Whether ``count`` commands of ``size`` bytes in all may go to
+        :meth:`submit_many` as one group (one command always may)."""
+        ...
+
+    def submit_many(
+        self,
+        commands: list[bytes],
+        done: Callable[[list[Result] | None, ServiceError | None], None],
+    ) -> None:
+        """Like :meth:`propose` for a group of commands, without waiting: they go
+        into one log entry, and ``done(results, None)`` (one result per command)
+        or ``done(None, error)`` is called once.  The service's hot path."""
         ...
 
     async def read(self, query: bytes) -> Result:
@@ -348,20 +359,27 @@ class _ClientConnection:
         self._slot_free = trio.Event()
         self._done_reading = False
 
-    async def take_slot(self) -> None:
+    def has_slot(self) -> bool:
+        return self.inflight < self._max
+
+    async def wait_slot(self) -> None:
+        """Return once fewer than the maximum requests are in flight."""
         while self.inflight >= self._max:
             self._slot_free = trio.Event()
             await self._slot_free.wait()
-        self.inflight += 1
 
-    def release_slot(self) -> None:
-        self.inflight -= 1
+    def release_slot(self, count: int = 1) -> None:
+        self.inflight -= count
         self._slot_free.set()
         if self._done_reading and self.inflight == 0:
             self._ready.set()
 
     def push(self, answer: bytes) -> None:
         self._outbox.append(answer)
+        self._ready.set()
+
+    def push_many(self, answers: list[bytes]) -> None:
+        self._outbox += answers
         self._ready.set()
 
     def reading_done(self) -> None:
@@ -490,10 +508,8 @@ class Service:
                         break
                     reader.feed(data)
                     try:
-                        while (payload := reader.next()) is not None:
-                            await conn.take_slot()
-                            if not self._submit_write(payload, conn):
-                                nursery.start_soon(self._request, payload, conn)
+                        while self._ingest(reader, conn, nursery):
+                            await conn.wait_slot()
                     except FrameTooLarge as exc:
                         self.stats.bad_frames += 1
                         log.info("client sent an oversized frame: %s", exc)
@@ -502,60 +518,110 @@ class Service:
             finally:
                 conn.reading_done()
 
-    def _submit_write(self, payload: bytes, conn: _ClientConnection) -> bool:
-        """The hot path: hand a well-formed kv write straight to the backend, with a
-        callback that queues the answer, instead of a task per request.  Returns
-        False (nothing done) for anything else, which takes the general path."""
+    def _ingest(self, reader: FrameReader, conn: _ClientConnection, nursery: trio.Nursery) -> bool:
+        """Start every complete request ``reader`` holds.  Returns True if it
+        stopped because the connection has its maximum in flight (requests may
+        remain buffered), False once the reader is drained.
+
+        The hot path: well-formed kv writes are collected into groups that go to
+        the backend with one callback each (one entry's worth at most), instead
+        of a task or a callback per request.  Anything else gets its own task.
+        Raises FrameTooLarge (after submitting what it collected)."""
+        rids: list[int] = []
+        commands: list[bytes] = []
+        size = 0
+        fits = self._backend.group_fits
+        try:
+            while True:
+                if not conn.has_slot():
+                    return True
+                payload = reader.next()
+                if payload is None:
+                    return False
+                conn.inflight += 1
+                write = self._parse_write(payload, conn)
+                if write is None:
+                    nursery.start_soon(self._request, payload, conn)
+                elif write is not _ANSWERED:
+                    rid, command = write
+                    if rids and not fits(len(rids) + 1, size + len(command)):
+                        self._submit_group(rids, commands, conn)
+                        rids, commands, size = [], [], 0
+                    rids.append(rid)
+                    commands.append(command)
+                    size += len(command)
+        finally:
+            if rids:
+                self._submit_group(rids, commands, conn)
+
+    def _parse_write(self, payload: bytes, conn: _ClientConnection) -> tuple[int, bytes] | None:
+        """A well-formed kv write as ``(id, encoded command)``; ``_ANSWERED`` if it
+        was answered with an error here; None (nothing done) for anything else,
+        which takes the general path."""
         if self._closing:
-            return False
+            return None
         try:
             body = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
         except _UNPACK_ERRORS:
-            return False
+            return None
         # What decode_request checks, specialised to the shapes a write can have;
         # anything unusual (a bad id, a kv.put with odd arguments) takes the
         # general path, which gives the precise error.
         if type(body) is not dict or body.keys() != _REQUEST_KEYS:
-            return False
+            return None
         rid, op, args = body["id"], body["op"], body["args"]
         if type(rid) is not int or not 0 <= rid <= _MAX_ID or type(args) is not dict:
-            return False
+            return None
         if type(op) is not str or op not in _WRITES:
-            return False
+            return None
         command: Command | None = None
         if op == "kv.put":
             if args.keys() != _PUT_ARGS:
-                return False
+                return None
             key, value = args["key"], args["value"]
             if type(key) is not bytes or type(value) is not bytes:
-                return False
+                return None
             command = Put(key, value)
         elif not all(type(k) is str for k in args):
-            return False
+            return None
         self.stats.requests += 1
         try:
-            data = encode_command(command if command is not None else parse_kv_command(op, args))
+            return rid, encode_command(
+                command if command is not None else parse_kv_command(op, args)
+            )
         except (ServiceError, CommandError) as exc:
             error = exc if isinstance(exc, ServiceError) else BadRequest(str(exc))
             self.stats.errors += 1
             conn.push(encode_error(rid, error))
             conn.release_slot()
-            return True
+            return _ANSWERED
 
-        def done(result: Result, error: ServiceError | None) -> None:
+    def _submit_group(
+        self, rids: list[int], commands: list[bytes], conn: _ClientConnection
+    ) -> None:
+        stats = self.stats
+
+        def done(results: list[Result] | None, error: ServiceError | None) -> None:
             try:
-                if error is None and isinstance(result, Failed):
-                    error = BadRequest(result.reason)
-                if error is None:
-                    conn.push(encode_result(rid, result_to_wire(result)))
-                else:
-                    self.stats.errors += 1
-                    conn.push(encode_error(rid, error))
+                if error is not None or results is None:
+                    error = error or InternalError("a group was answered without results")
+                    stats.errors += len(rids)
+                    conn.push_many([encode_error(rid, error) for rid in rids])
+                    return
+                answers = []
+                for rid, result in zip(rids, results, strict=True):
+                    if result is None:
+                        answers.append(encode_result(rid, None))
+                    elif isinstance(result, Failed):
+                        stats.errors += 1
+                        answers.append(encode_error(rid, BadRequest(result.reason)))
+                    else:
+                        answers.append(encode_result(rid, result_to_wire(result)))
+                conn.push_many(answers)
             finally:
-                conn.release_slot()
+                conn.release_slot(len(rids))
 
-        self._backend.submit(data, done)
-        return True
+        self._backend.submit_many(commands, done)
 
     async def _request(self, payload: bytes, conn: _ClientConnection) -> None:
         try:

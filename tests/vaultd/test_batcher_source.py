@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import msgpack
+import pytest
 import trio
 import trio.testing
 
@@ -90,3 +91,42 @@ async def test_commands_still_queued_when_the_batcher_stops_fail() -> None:
         batcher.submit_nowait(incr(), lambda r, e: answers.append(e))
         nursery.cancel_scope.cancel()
     assert len(answers) == 1 and isinstance(answers[0], raft_errors.NodeStopped)
+
+
+async def test_groups_share_entries_whole_and_get_their_own_results() -> None:
+    node = PullingNode()
+    batcher = ProposalBatcher(node, max_commands=5, max_bytes=1 << 20)
+    got: list[tuple[object, BaseException | None]] = []
+
+    def record(results: list[object] | None, error: BaseException | None) -> None:
+        got.append((results, error))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(batcher.run)
+        batcher.submit_many([incr(), incr()], record)  # a
+        batcher.submit_many([incr(), incr(), incr()], record)  # b: fills the entry
+        batcher.submit_many([incr(), incr()], record)  # c: would overflow it, so waits
+        assert node.announced == 1
+        entries = node.take()
+        assert [len(msgpack.unpackb(data[1:])) for data, _ in entries] == [5, 2]
+        entries[0][1]([1, 2, 3, 4, 5], None)
+        assert got == [([1, 2], None), ([3, 4, 5], None)]
+        entries[1][1](None, raft_errors.LeadershipLost(2))
+        assert got[2][0] is None and isinstance(got[2][1], raft_errors.LeadershipLost)
+        # A group larger than an entry is refused outright; one command of any
+        # size is always accepted (the node enforces its own command limit).
+        assert not batcher.group_fits(6, 10)
+        with pytest.raises(ValueError):
+            batcher.submit_many([incr()] * 6, record)
+        with pytest.raises(ValueError):
+            batcher.submit_many([], record)
+        small = ProposalBatcher(node, max_commands=5, max_bytes=64)
+        assert small.group_fits(1, 10_000) and not small.group_fits(2, 64)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_group_that_a_stopped_batcher_gets_fails_at_once() -> None:
+    batcher = ProposalBatcher(PullingNode())
+    got: list[BaseException | None] = []
+    batcher.submit_many([incr()], lambda r, e: got.append(e))
+    assert len(got) == 1 and isinstance(got[0], raft_errors.NodeStopped)

@@ -21,6 +21,7 @@ from vaultd.daemon import (
     ProposalBatcher,
     encode_directory_remove,
     encode_directory_set,
+    pack_batch,
 )
 from vaultd.errors import (
     BadRequest,
@@ -31,7 +32,7 @@ from vaultd.errors import (
     Timeout,
     Unavailable,
 )
-from vaultd.kvstore import Get, Incr, KVStore, Put, encode_command
+from vaultd.kvstore import Failed, Get, Incr, KVStore, Put, encode_command
 
 A1 = (("10.0.0.1", 7000), ("10.0.0.1", 7001))
 
@@ -64,11 +65,37 @@ def test_directory_commands_update_the_address_book_and_notify() -> None:
 def test_app_and_batch_commands() -> None:
     m = machine()
     assert m.apply(1, bytes([TAG_APP]) + encode_command(Incr(b"n", 2))) == 2
-    batch = [encode_command(Incr(b"n", 1)), encode_command(Put(b"k", b"v")), b"junk"]
-    results = m.apply(2, bytes([TAG_BATCH]) + msgpack.packb(batch))
+    batch = [encode_command(Incr(b"n", 1)), encode_command(Put(b"k", b"v")), msgpack.packb("junk")]
+    assert pack_batch(batch)[0] == TAG_BATCH
+    results = m.apply(2, pack_batch(batch))
     assert isinstance(results, list) and results[:2] == [3, None]
-    assert isinstance(m.apply(3, bytes([TAG_BATCH]) + msgpack.packb([1, 2])), CommandError)
+    assert isinstance(results[2], Failed)
     assert m.query(encode_command(Get(b"k"))) == b"v"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        bytes([TAG_BATCH]) + msgpack.packb(5),  # not an array
+        bytes([TAG_BATCH]) + b"\x93" + encode_command(Put(b"k", b"v")),  # cut short
+        pack_batch([encode_command(Put(b"k", b"v"))]) + b"\x00",  # trailing bytes
+        bytes([TAG_BATCH]) + b"\xc1",  # not msgpack
+        # the old batch format (an array of separately packed commands) is
+        # refused, never misread
+        b"\x02" + msgpack.packb([encode_command(Put(b"k", b"v"))]),
+    ],
+)
+def test_a_malformed_batch_entry_fails_as_a_whole_and_changes_nothing(entry: bytes) -> None:
+    m = machine()
+    before = m.snapshot()
+    assert isinstance(m.apply(1, entry), CommandError)
+    assert m.snapshot() == before
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65535, 65536])
+def test_pack_batch_writes_a_msgpack_array_of_the_commands(count: int) -> None:
+    commands = [msgpack.packb(i) for i in range(count)]
+    assert msgpack.unpackb(pack_batch(commands)[1:]) == list(range(count))
 
 
 def test_snapshot_restores_app_state_and_address_book() -> None:

@@ -154,20 +154,52 @@ def test_restore_refuses_bad_snapshots_and_keeps_state(data: bytes) -> None:
     assert kv.applied_index == 1
 
 
+def wire(data: bytes) -> object:
+    """A command as the batch decoder hands it to apply_batch."""
+    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+
+
 @given(st.lists(commands, min_size=1, max_size=30))
 def test_a_batch_applies_like_its_commands_one_by_one(cmds: list[Command]) -> None:
     one, batched = KVStore(), KVStore()
     singles = [one.apply(i, encode_command(c)) for i, c in enumerate(cmds, start=1)]
-    results = batched.apply_batch(7, [encode_command(c) for c in cmds])
+    results = batched.apply_batch(7, [wire(encode_command(c)) for c in cmds])
     assert results == singles
     assert batched.applied_index == 7
     assert {k: v for k, v in batched._data.items()} == one._data
 
 
+# Near-misses of a put: the batch's fast path for puts must refuse exactly what
+# the general path refuses, with the same result.
+near_puts = st.lists(
+    st.one_of(
+        st.just("put"),
+        st.sampled_from(["get", "incr", "cas", "PUT", ""]),
+        st.binary(max_size=3),
+        st.binary(min_size=MAX_KEY_BYTES, max_size=MAX_KEY_BYTES + 1),
+        st.none(),
+        st.integers(-3, 3),
+        st.text(max_size=3),
+    ),
+    max_size=5,
+)
+odd_wires = st.one_of(
+    near_puts, st.binary(max_size=4), st.integers(-(2**63), 2**64 - 1), st.none(), st.text()
+)
+
+
+@given(st.lists(st.one_of(commands.map(lambda c: wire(encode_command(c))), odd_wires), max_size=20))
+def test_a_batch_of_anything_matches_applying_each_encoding(wires: list[object]) -> None:
+    one, batched = KVStore(), KVStore()
+    singles = [one.apply(i, msgpack.packb(w)) for i, w in enumerate(wires, start=1)]
+    assert batched.apply_batch(len(wires) + 1, wires) == singles
+    assert batched._data == one._data
+
+
 def test_a_batch_fails_bad_commands_one_by_one() -> None:
     kv = KVStore()
     results = kv.apply_batch(
-        3, [encode_command(Put(b"a", b"1")), b"junk", encode_command(Get(b"a"))]
+        3, [wire(encode_command(Put(b"a", b"1"))), b"junk", wire(encode_command(Get(b"a")))]
     )
     assert results[0] is None and isinstance(results[1], Failed) and results[2] == b"1"
     with pytest.raises(CommandError):

@@ -26,7 +26,7 @@ from vaultd.errors import (
     Rejected,
     RequestTooLarge,
 )
-from vaultd.kvstore import KVStore, Result
+from vaultd.kvstore import KVStore, Put, Result, encode_command
 from vaultd.service import (
     FrameReader,
     Service,
@@ -73,6 +73,7 @@ class FakeBackend:
         self.index = 0
         self.leader_hint = leader_hint
         self.members: list[tuple[str, int, Any]] = []
+        self.groups: list[int] = []
 
     def _check_leader(self) -> None:
         if self.leader_hint is not None:
@@ -84,12 +85,22 @@ class FakeBackend:
         self.index += 1
         return self.kv.apply(self.index, command)
 
-    def submit(self, command: bytes, done: Any) -> None:
+    max_group = 16
+
+    def group_fits(self, count: int, size: int) -> bool:
+        return count <= self.max_group
+
+    def submit_many(self, commands: list[bytes], done: Any) -> None:
+        assert 0 < len(commands) <= self.max_group
+        self.groups.append(len(commands))
         if self.leader_hint is not None:
             done(None, NotLeader("not the leader", *self.leader_hint))
             return
-        self.index += 1
-        done(self.kv.apply(self.index, command), None)
+        results = []
+        for command in commands:
+            self.index += 1
+            results.append(self.kv.apply(self.index, command))
+        done(results, None)
 
     async def read(self, query: bytes) -> Result:
         self._check_leader()
@@ -217,6 +228,55 @@ async def test_pipelined_requests_on_one_connection(
                 n.start_soon(one)
         assert sorted(results) == list(range(1, 301))
         assert await conn.call("kv.get", {"key": b"c"}) == b"300"
+
+
+async def test_pipelined_writes_go_to_the_backend_in_groups_and_each_is_answered(
+    material: Pki,
+) -> None:
+    backend = FakeBackend()
+    backend.kv.apply(1, encode_command(Put(b"text", b"abc")))
+    backend.index = 1
+    async with trio.open_nursery() as nursery:
+        # Few slots per connection: the reader must stop, wait and resume.
+        _, port = await _start(nursery, backend, material, max_inflight_per_connection=7)
+        stream = await _raw(port, material)
+        requests = []
+        expected: dict[int, Any] = {}
+        for i in range(200):
+            if i % 50 == 17:
+                requests.append(encode_request(i, "kv.incr", {"key": b"text", "delta": 1}))
+                expected[i] = "bad_request"  # fails in the state machine
+            elif i % 50 == 31:
+                requests.append(encode_request(i, "kv.put", {"key": b"k", "value": 5}))
+                expected[i] = "bad_request"  # refused before the backend
+            elif i % 50 == 44:
+                requests.append(encode_request(i, "kv.get", {"key": b"k%d" % (i - 1)}))
+                expected[i] = "get"
+            else:
+                requests.append(encode_request(i, "kv.put", {"key": b"k%d" % i, "value": b"v"}))
+                expected[i] = None
+        await stream.send_all(b"".join(requests))
+        answers = {}
+        reader = FrameReader(1 << 20)
+        with trio.fail_after(10):
+            while len(answers) < len(requests):
+                reader.feed(await stream.receive_some(65536))
+                while (p := reader.next()) is not None:
+                    rid, ok, body = decode_response(p)
+                    assert rid not in answers
+                    answers[rid] = (ok, body)
+        for rid, want in expected.items():
+            ok, body = answers[rid]
+            if want == "bad_request":
+                assert not ok and body["code"] == "bad_request", (rid, body)
+            elif want == "get":
+                assert ok and body in (None, b"v")
+            else:
+                assert ok and body is None
+        assert max(backend.groups) > 1 and max(backend.groups) <= backend.max_group
+        assert sum(backend.groups) == 200 - 4 - 4  # every write but the refused and the gets
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def _raw(port: int, material: Pki) -> trio.SSLStream[trio.SocketStream]:
