@@ -283,6 +283,11 @@ class ProposalBatcher:
         self.batches = 0
         self.commands = 0
 
+    def group_limits(self) -> tuple[int, int]:
+        """The most commands, and bytes of them, one group may hold (what
+        :meth:`group_fits` allows for more than one command)."""
+        return self.max_commands, self.max_bytes - _ENTRY_OVERHEAD * self.max_commands
+
     def group_fits(self, count: int, size: int) -> bool:
         """Whether ``count`` commands of ``size`` bytes in all may form one group.
         One command always may: the node enforces its own command size limit."""
@@ -481,8 +486,8 @@ class NodeBackend:
         except raft_errors.RaftError as exc:
             raise self.service_error(exc) from None
 
-    def group_fits(self, count: int, size: int) -> bool:
-        return self.batcher.group_fits(count, size)
+    def group_limits(self) -> tuple[int, int]:
+        return self.batcher.group_limits()
 
     def submit_many(
         self,

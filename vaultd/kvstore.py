@@ -37,6 +37,7 @@ __all__ = [
     "command_from_wire",
     "decode_command",
     "encode_command",
+    "encode_put",
 ]
 
 MAX_KEY_BYTES: Final = 4096
@@ -135,6 +136,13 @@ def encode_command(cmd: Command) -> bytes:
     else:
         raise CommandError(f"not a command: {type(cmd).__name__}")
     packed: bytes = msgpack.packb(wire, use_bin_type=True)
+    return packed
+
+
+def encode_put(key: object, value: object) -> bytes:
+    """``encode_command(Put(key, value))`` without building the Put (the write
+    hot path).  Raises CommandError for a key or value out of bounds."""
+    packed: bytes = msgpack.packb(["put", _check_key(key), _check_value(value)])
     return packed
 
 

@@ -48,7 +48,18 @@ from .errors import (
     Timeout,
     Unavailable,
 )
-from .kvstore import Cas, CasResult, Command, Failed, Get, Incr, Put, Result, encode_command
+from .kvstore import (
+    Cas,
+    CasResult,
+    Command,
+    Failed,
+    Get,
+    Incr,
+    Put,
+    Result,
+    encode_command,
+    encode_put,
+)
 
 __all__ = [
     "OPS",
@@ -200,7 +211,17 @@ def result_to_wire(result: Result) -> Any:
 
 
 def encode_result(request_id: int, result: Any) -> bytes:
+    if result is None:
+        # The answer to every put: the map {"id": id, "ok": true, "result": nil}
+        # assembled around the packed id (what packing the map gives, cheaper).
+        rid: bytes = msgpack.packb(request_id)
+        return _LENGTH.pack(len(rid) + _NONE_RESULT_LEN) + _RESULT_HEAD + rid + _NONE_RESULT_TAIL
     return encode_frame({"id": request_id, "ok": True, "result": result})
+
+
+_RESULT_HEAD: Final = b"\x83\xa2id"
+_NONE_RESULT_TAIL: Final = b"\xa2ok\xc3\xa6result\xc0"
+_NONE_RESULT_LEN: Final = len(_RESULT_HEAD) + len(_NONE_RESULT_TAIL)
 
 
 def encode_error(request_id: int, error: ServiceError) -> bytes:
@@ -313,9 +334,9 @@ class Backend(Protocol):
         """Replicate an encoded state-machine command; return its result once applied."""
         ...
 
-    def group_fits(self, count: int, size: int) -> bool:
-        """Whether ``count`` commands of ``size`` bytes in all may go to
-        :meth:`submit_many` as one group (one command always may)."""
+    def group_limits(self) -> tuple[int, int]:
+        """How many commands, and how many bytes of them in all, one group for
+        :meth:`submit_many` may hold (one command of any size always may)."""
         ...
 
     def submit_many(
@@ -530,7 +551,7 @@ class Service:
         rids: list[int] = []
         commands: list[bytes] = []
         size = 0
-        fits = self._backend.group_fits
+        max_commands, max_bytes = self._backend.group_limits()
         try:
             while True:
                 if not conn.has_slot():
@@ -544,7 +565,7 @@ class Service:
                     nursery.start_soon(self._request, payload, conn)
                 elif write is not _ANSWERED:
                     rid, command = write
-                    if rids and not fits(len(rids) + 1, size + len(command)):
+                    if rids and (len(rids) == max_commands or size + len(command) > max_bytes):
                         self._submit_group(rids, commands, conn)
                         rids, commands, size = [], [], 0
                     rids.append(rid)
@@ -574,21 +595,18 @@ class Service:
             return None
         if type(op) is not str or op not in _WRITES:
             return None
-        command: Command | None = None
-        if op == "kv.put":
-            if args.keys() != _PUT_ARGS:
-                return None
-            key, value = args["key"], args["value"]
-            if type(key) is not bytes or type(value) is not bytes:
-                return None
-            command = Put(key, value)
-        elif not all(type(k) is str for k in args):
-            return None
         self.stats.requests += 1
         try:
-            return rid, encode_command(
-                command if command is not None else parse_kv_command(op, args)
-            )
+            if op == "kv.put":
+                if args.keys() != _PUT_ARGS:
+                    return None
+                key, value = args["key"], args["value"]
+                if type(key) is not bytes or type(value) is not bytes:
+                    return None
+                return rid, encode_put(key, value)
+            if not all(type(k) is str for k in args):
+                return None
+            return rid, encode_command(parse_kv_command(op, args))
         except (ServiceError, CommandError) as exc:
             error = exc if isinstance(exc, ServiceError) else BadRequest(str(exc))
             self.stats.errors += 1

@@ -21,6 +21,7 @@ from vaultd.kvstore import (
     Put,
     decode_command,
     encode_command,
+    encode_put,
 )
 
 keys = st.binary(min_size=1, max_size=8)
@@ -204,3 +205,16 @@ def test_a_batch_fails_bad_commands_one_by_one() -> None:
     assert results[0] is None and isinstance(results[1], Failed) and results[2] == b"1"
     with pytest.raises(CommandError):
         kv.apply_batch(3, [])
+
+
+@given(st.binary(max_size=MAX_KEY_BYTES + 2), st.binary(max_size=64))
+def test_encode_put_matches_encode_command(key: bytes, value: bytes) -> None:
+    try:
+        expected = encode_command(Put(key, value))
+    except CommandError:
+        with pytest.raises(CommandError):
+            encode_put(key, value)
+        return
+    assert encode_put(key, value) == expected
+    with pytest.raises(CommandError):
+        encode_put("text", value)

@@ -34,6 +34,7 @@ from vaultd.service import (
     decode_response,
     encode_frame,
     encode_request,
+    encode_result,
 )
 
 
@@ -87,8 +88,8 @@ class FakeBackend:
 
     max_group = 16
 
-    def group_fits(self, count: int, size: int) -> bool:
-        return count <= self.max_group
+    def group_limits(self) -> tuple[int, int]:
+        return self.max_group, 1 << 20
 
     def submit_many(self, commands: list[bytes], done: Any) -> None:
         assert 0 < len(commands) <= self.max_group
@@ -449,3 +450,9 @@ def test_frame_reader_splits_and_limits() -> None:
     r.feed(struct.pack(">I", 17))
     with pytest.raises(ProtocolError, match="exceeds the limit"):
         r.next()
+
+
+@pytest.mark.parametrize("rid", [0, 1, 127, 128, 255, 256, 2**16, 2**32 - 1, 2**32, 2**64 - 1])
+def test_the_shortcut_for_empty_results_encodes_what_the_general_encoder_does(rid: int) -> None:
+    assert encode_result(rid, None) == encode_frame({"id": rid, "ok": True, "result": None})
+    assert decode_response(encode_result(rid, None)[4:]) == (rid, True, None)
