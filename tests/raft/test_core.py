@@ -314,3 +314,32 @@ def test_a_leader_deposed_with_a_read_round_open_goes_quiet() -> None:
     assert rd.dropped_reads == ["r"]
     node.advance(rd)
     assert not node.has_ready()
+
+
+def test_a_new_commit_index_waits_for_the_next_append_or_heartbeat() -> None:
+    net = Net(3)
+    net.elect(1, {1, 2, 3})
+    net.deliver()
+    leader = net.node(1)
+    index = leader.propose(b"x")
+    # Deliver the append and the acknowledgements, then look at what is left.
+    net.deliver(lambda m: m.type is not MessageType.HEARTBEAT)
+    assert leader.commit == index
+    assert all(net.node(i).commit < index for i in (2, 3))
+    assert not [m for m in net.mailbox if m.type is MessageType.APPEND], (
+        "a commit index was sent in an append of its own"
+    )
+    # The next append carries it ...
+    leader.propose(b"y")
+    net.pump()
+    appends = net.sent(MessageType.APPEND)
+    assert appends and all(m.commit == index and m.entries for m in appends)
+    net.deliver(lambda m: m.type is not MessageType.HEARTBEAT)
+    assert all(net.node(i).commit >= index for i in (2, 3))
+    # ... and with nothing more to send, the next heartbeat round does.
+    last = leader.commit
+    assert all(net.node(i).commit < last for i in (2, 3))
+    for _ in range(leader.config.heartbeat_tick):
+        leader.tick()
+    net.deliver()
+    assert all(net.node(i).commit == last for i in (2, 3))
