@@ -65,6 +65,9 @@ PeerIdentity = Callable[[bytes], NodeId]
 ValueError if it names none (vaultd.pki.node_id_from_der does this)."""
 
 _RECEIVE_SIZE: Final = 65536
+#: inbound connections per peer that have not yet delivered a valid message;
+#: beyond this the oldest is closed, so idle or junk connections stay bounded
+_MAX_UNPROVEN_PER_PEER: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +223,10 @@ class Transport:
         self._write_timeout = write_timeout
         self._handshake_slots = trio.Semaphore(max_pending_handshakes)
         self._peers: dict[NodeId, _Peer] = {}
+        # Per peer: the inbound connection that delivers its messages, and the
+        # newer ones that have not yet delivered a valid message (see _serve_peer).
         self._inbound: dict[NodeId, trio.CancelScope] = {}
+        self._unproven: dict[NodeId, deque[trio.CancelScope]] = {}
         self._wakeups: dict[NodeId, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._port: int | None = None
@@ -292,6 +298,8 @@ class Transport:
         inbound = self._inbound.pop(node_id, None)
         if inbound is not None:
             inbound.cancel()
+        for scope in self._unproven.pop(node_id, ()):
+            scope.cancel()
 
     def send(self, messages: Sequence[Message]) -> None:
         """Queue messages for their ``dst`` peers without blocking.
@@ -364,6 +372,7 @@ class Transport:
                 # A fresh scope, so that run() can be called again after it ends.
                 peer.scope = trio.CancelScope()
             self._inbound.clear()
+            self._unproven.clear()
 
     # ------------------------------------------------------------ internals
 
@@ -601,18 +610,20 @@ class Transport:
     async def _serve_peer(
         self, remote: NodeId, stream: trio.SSLStream[trio.SocketStream], where: str
     ) -> None:
-        previous = self._inbound.get(remote)
-        if previous is not None:
-            # A peer dials one connection to us; a new one means it restarted or
-            # reconnected, and the old one is dead or about to be.
-            previous.cancel()
+        # A peer dials one connection to us, so a new one usually means it
+        # restarted or reconnected and the old one is dead.  But the new one
+        # takes over only once it delivers a valid message (_receive_loop): a
+        # connection that sends junk, or nothing, must not cut a working one.
         self.stats.connections_accepted += 1
         self._notify()
         log.info("node %d: accepted peer %d from %s", self.node_id, remote, where)
         with trio.CancelScope() as scope:
-            self._inbound[remote] = scope
+            unproven = self._unproven.setdefault(remote, deque())
+            unproven.append(scope)
+            while len(unproven) > _MAX_UNPROVEN_PER_PEER:
+                unproven.popleft().cancel()
             try:
-                await self._receive_loop(remote, stream)
+                await self._receive_loop(remote, stream, scope)
             except CodecError as exc:
                 self._reject(
                     "protocol_errors",
@@ -641,13 +652,34 @@ class Transport:
             finally:
                 if self._inbound.get(remote) is scope:
                     del self._inbound[remote]
+                waiting = self._unproven.get(remote)
+                if waiting is not None and scope in waiting:
+                    waiting.remove(scope)
+                    if not waiting:
+                        del self._unproven[remote]
+        if scope.cancelled_caught:
+            log.info("node %d: closed a connection from peer %d (%s)", self.node_id, remote, where)
+
+    def _prove(self, remote: NodeId, scope: trio.CancelScope) -> None:
+        """``scope``'s connection delivered a valid message: it becomes the one
+        that carries ``remote``'s messages, and the one it replaces is closed."""
+        waiting = self._unproven.get(remote)
+        if waiting is not None and scope in waiting:
+            waiting.remove(scope)
+            if not waiting:
+                del self._unproven[remote]
+        previous = self._inbound.get(remote)
+        if previous is not None and previous is not scope:
+            previous.cancel()
+        self._inbound[remote] = scope
 
     async def _receive_loop(
-        self, remote: NodeId, stream: trio.SSLStream[trio.SocketStream]
+        self, remote: NodeId, stream: trio.SSLStream[trio.SocketStream], scope: trio.CancelScope
     ) -> None:
         decoder = FrameDecoder(self._max_frame_size)
         stats = self.stats
         me = self.node_id
+        proven = False
         while True:
             data = await stream.receive_some(_RECEIVE_SIZE)
             decoder.receive_data(data)
@@ -671,6 +703,9 @@ class Transport:
                 self._notify()
                 if remote not in self._peers:
                     return
+                if not proven:
+                    self._prove(remote, scope)
+                    proven = True
                 if batch:
                     await self._on_messages(batch)
             if not data:

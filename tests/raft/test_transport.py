@@ -393,6 +393,75 @@ async def test_garbage_over_tls_closes_only_that_connection(
             assert one.stats.messages_received == 2
 
 
+async def test_junk_connections_in_a_peers_name_do_not_cut_its_working_one(
+    pki: dict[str, Contexts],
+) -> None:
+    # Found by the e2e bad-frames test: connections made with a member's own
+    # certificate used to replace that member's working connection at once, so
+    # a burst of junk cut a leader off from its followers long enough to lose
+    # its leadership.
+    with trio.fail_after(TIMEOUT):
+        async with cluster(pki, [1, 2]) as (_, nodes):
+            one, two = nodes[1], nodes[2]
+            two.transport.send([msg(2, 1, 1)])
+            assert await one.receive(1) == [msg(2, 1, 1)]
+            for name in ("junk", "bad-msgpack", "oversized"):
+                stream = await raw_tls(one.port, pki["2"])
+                await stream.send_all(GARBAGE[name])
+                await closed_by_peer(stream)
+            await one.wait(lambda s: s.protocol_errors >= 3)
+            two.transport.send([msg(2, 1, 2)])
+            assert await one.receive(1) == [msg(2, 1, 2)]
+            assert two.stats.disconnects == 0 and two.stats.connects == 1
+
+
+async def test_idle_connections_in_a_peers_name_are_bounded_and_harmless(
+    pki: dict[str, Contexts],
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with cluster(pki, [1, 2]) as (_, nodes):
+            one, two = nodes[1], nodes[2]
+            two.transport.send([msg(2, 1, 1)])
+            assert await one.receive(1) == [msg(2, 1, 1)]
+            idle = []
+            for _ in range(3):
+                stream = await raw_tls(one.port, pki["2"])
+                await stream.do_handshake()
+                idle.append(stream)
+            await one.wait(lambda s: s.connections_accepted >= 4)
+            # Two may wait unproven; the third pushed the oldest out.
+            await closed_by_peer(idle[0])
+            two.transport.send([msg(2, 1, 2)])
+            assert await one.receive(1) == [msg(2, 1, 2)]
+            assert two.stats.disconnects == 0
+            for stream in idle[1:]:
+                await stream.aclose()
+
+
+async def test_a_new_connection_takes_over_once_it_delivers_a_message(
+    pki: dict[str, Contexts],
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with cluster(pki, [1, 2]) as (_, nodes):
+            one, two = nodes[1], nodes[2]
+            two.transport.send([msg(2, 1, 1)])
+            assert await one.receive(1) == [msg(2, 1, 1)]
+            # Node 2 "restarted" and dials again: its first valid message makes
+            # the new connection the one in use and closes the old one.
+            stream = await raw_tls(one.port, pki["2"])
+            await stream.send_all(b"".join(encode_frames([msg(2, 1, 2)])))
+            assert await one.receive(1) == [msg(2, 1, 2)]
+            two.transport.send([msg(2, 1, 3)])  # goes out on the old connection, now closed
+            await two.wait(lambda s: s.disconnects >= 1)
+            await stream.aclose()
+            two.transport.send([msg(2, 1, 4)])
+            got = await one.receive(1)
+            if got == [msg(2, 1, 3)]:  # written before the close reached node 2
+                got = await one.receive(1)
+            assert got == [msg(2, 1, 4)]
+            assert two.stats.connects == 2
+
+
 async def test_plain_tcp_garbage_fails_the_handshake(pki: dict[str, Contexts]) -> None:
     with trio.fail_after(TIMEOUT):
         async with cluster(pki, [1, 2]) as (_, nodes):
