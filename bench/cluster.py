@@ -48,6 +48,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from raft.tls_stream import TLSStream  # noqa: E402
 from vaultd.admin_client import AdminClient, open_connection  # noqa: E402
 from vaultd.cli import free_port_block, init_cluster  # noqa: E402
 from vaultd.config import (  # noqa: E402
@@ -245,7 +246,7 @@ async def _load_connection(
     the read that carried its answer."""
     host, port = address
     tcp = await trio.open_tcp_stream(host, port)
-    stream = trio.SSLStream(tcp, ssl_ctx, server_hostname=host)
+    stream = TLSStream.wrap(tcp, ssl_ctx, server_hostname=host)
     await stream.do_handshake()
     frames = {
         c: encode_request(c, "kv.put", dict(zip(("key", "value"), _put_value(c), strict=True)))

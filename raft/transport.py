@@ -42,6 +42,7 @@ from .codec import (
     frames_from_packed,
 )
 from .errors import CodecError, FrameTooLarge, PeerRejected, TransportError
+from .tls_stream import TLSStream
 from .types import Message, NodeId
 
 __all__ = [
@@ -419,13 +420,17 @@ class Transport:
                 await trio.sleep(self._backoff.delay(attempt, self._rng))
                 attempt += 1
 
-    async def _open(self, peer: _Peer) -> trio.SSLStream[trio.SocketStream]:
+    async def _open(self, peer: _Peer) -> TLSStream:
         host, port = peer.address
         with trio.fail_after(self._connect_timeout):
             tcp = await trio.open_tcp_stream(host, port)
-        stream = trio.SSLStream(tcp, self._client_ctx, server_hostname=host)
         try:
             _enable_keepalive(tcp)
+            stream = TLSStream.wrap(tcp, self._client_ctx, server_hostname=host)
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        try:
             with trio.fail_after(self._handshake_timeout):
                 await stream.do_handshake()
             der = stream.getpeercert(binary_form=True)
@@ -442,7 +447,7 @@ class Transport:
             raise
         return stream
 
-    async def _dial(self, peer: _Peer, *, quiet: bool) -> trio.SSLStream[trio.SocketStream] | None:
+    async def _dial(self, peer: _Peer, *, quiet: bool) -> TLSStream | None:
         host, port = peer.address
         try:
             stream = await self._open(peer)
@@ -468,9 +473,7 @@ class Transport:
         log.info("node %d: connected to peer %d at %s:%d", self.node_id, peer.id, host, port)
         return stream
 
-    async def _pump_connection(
-        self, peer: _Peer, stream: trio.SSLStream[trio.SocketStream]
-    ) -> None:
+    async def _pump_connection(self, peer: _Peer, stream: TLSStream) -> None:
         reasons: list[str] = []
         try:
             with trio.CancelScope() as scope:
@@ -492,7 +495,7 @@ class Transport:
     async def _watch_outbound(
         self,
         peer: _Peer,
-        stream: trio.SSLStream[trio.SocketStream],
+        stream: TLSStream,
         reasons: list[str],
         nursery: trio.Nursery,
     ) -> None:
@@ -514,7 +517,7 @@ class Transport:
             reasons.append(f"broken: {_describe(exc)}")
         nursery.cancel_scope.cancel()
 
-    async def _write_loop(self, peer: _Peer, stream: trio.SSLStream[trio.SocketStream]) -> str:
+    async def _write_loop(self, peer: _Peer, stream: TLSStream) -> str:
         stats = self.stats
         while True:
             await self._wait_for_messages(peer)
@@ -563,10 +566,22 @@ class Transport:
             )
             await trio.aclose_forcefully(tcp)
             return
-        stream = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+        try:
+            _enable_keepalive(tcp)
+            stream = TLSStream.wrap(tcp, self._server_ctx, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            self._handshake_slots.release()
+            self._reject(
+                "handshake_failures",
+                "node %d: cannot start TLS with %s: %s",
+                self.node_id,
+                where,
+                _describe(exc),
+            )
+            await trio.aclose_forcefully(tcp)
+            return
         try:
             try:
-                _enable_keepalive(tcp)
                 with trio.fail_after(self._handshake_timeout):
                     await stream.do_handshake()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
@@ -607,9 +622,7 @@ class Transport:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve_peer(
-        self, remote: NodeId, stream: trio.SSLStream[trio.SocketStream], where: str
-    ) -> None:
+    async def _serve_peer(self, remote: NodeId, stream: TLSStream, where: str) -> None:
         # A peer dials one connection to us, so a new one usually means it
         # restarted or reconnected and the old one is dead.  But the new one
         # takes over only once it delivers a valid message (_receive_loop): a
@@ -674,7 +687,7 @@ class Transport:
         self._inbound[remote] = scope
 
     async def _receive_loop(
-        self, remote: NodeId, stream: trio.SSLStream[trio.SocketStream], scope: trio.CancelScope
+        self, remote: NodeId, stream: TLSStream, scope: trio.CancelScope
     ) -> None:
         decoder = FrameDecoder(self._max_frame_size)
         stats = self.stats

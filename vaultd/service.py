@@ -35,6 +35,8 @@ from typing import Any, Final, Protocol
 import msgpack
 import trio
 
+from raft.tls_stream import TLSStream
+
 from .config import parse_address
 from .errors import (
     BadRequest,
@@ -407,9 +409,7 @@ class _ClientConnection:
         self._done_reading = True
         self._ready.set()
 
-    async def write_loop(
-        self, stream: trio.SSLStream[trio.SocketStream], scope: trio.CancelScope
-    ) -> None:
+    async def write_loop(self, stream: TLSStream, scope: trio.CancelScope) -> None:
         """Write answers as they come until reading stopped and every request was
         answered; if the client goes away, cancel the connection's other tasks."""
         try:
@@ -490,7 +490,14 @@ class Service:
             self.stats.connections_refused += 1
             await trio.aclose_forcefully(tcp)
             return
-        stream = trio.SSLStream(tcp, self._ssl, server_side=True)
+        try:
+            stream = TLSStream.wrap(tcp, self._ssl, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            self._connections.release()
+            self.stats.handshake_failures += 1
+            log.info("client TLS setup failed: %s", exc)
+            await trio.aclose_forcefully(tcp)
+            return
         try:
             try:
                 with trio.fail_after(_HANDSHAKE_TIMEOUT):
@@ -512,7 +519,7 @@ class Service:
             self._connections.release()
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async def _serve(self, stream: TLSStream) -> None:
         conn = _ClientConnection(self._max_inflight)
         reader = FrameReader(self._max_request)
         async with trio.open_nursery() as nursery:
