@@ -92,6 +92,7 @@ class TLSStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
+        self._check_open()
         self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -115,6 +116,7 @@ class TLSStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is receiving on this stream")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
+        self._check_open()
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()

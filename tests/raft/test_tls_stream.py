@@ -174,6 +174,8 @@ async def test_closing_wakes_a_blocked_receiver_and_the_stream_stays_closed(
             with pytest.raises(trio.ClosedResourceError):
                 await server.send_all(b"x")
             with pytest.raises(trio.ClosedResourceError):
+                await server.send_all(b"")
+            with pytest.raises(trio.ClosedResourceError):
                 await server.receive_some()
             await server.aclose()  # closing twice is fine
             assert await client.receive_some() == b""  # our close_notify arrived
