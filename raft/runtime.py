@@ -34,20 +34,17 @@ import math
 import random
 import signal
 import ssl
-import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Final, Protocol
 
-import msgpack
 import trio
 
 from .core import Config, RawNode
 from .errors import (
     BootstrapMismatch,
-    CorruptLog,
     InvalidRequest,
     InvalidStorageInput,
     LeadershipLost,
@@ -61,9 +58,7 @@ from .errors import (
     StorageError,
     TransferTimeout,
 )
-from .fsync import Syncer, atomic_write
 from .group_commit import GroupCommitter
-from .snapshots import validate_conf
 from .statemachine import StateMachine
 from .storage import Storage
 from .transport import Backoff, PeerAddress, PeerIdentity, Transport
@@ -78,7 +73,6 @@ from .types import (
     Ready,
     Role,
     Snapshot,
-    SnapshotMeta,
     SoftState,
 )
 
@@ -471,9 +465,16 @@ class RaftNode:
                 f"{opts.data_dir} has incarnation {storage.incarnation:#x}, above 2**63-1: "
                 "the Raft core (ours and our peers') refuses such a value in every message, "
                 "so this node could never be heard; recreate the directory with an "
-                "incarnation below 2**63 (see docs/runtime.md, 'Known gaps')"
+                "incarnation below 2**63 (see docs/runtime.md, 'Old directories')"
             )
         boot = storage.recovered.bootstrap
+        if boot is None and (opts.data_dir / "BASE-MEMBERSHIP").exists():
+            storage.close(sync=False)
+            raise StorageError(
+                f"{opts.data_dir} keeps a joiner's membership in BASE-MEMBERSHIP, which this "
+                "version no longer reads (storage records it in META now): wipe the directory "
+                "and add the node back as a learner (see docs/runtime.md, 'Old directories')"
+            )
         named = boot.incarnation_of(self.id) if boot is not None else None
         if named is not None and named != storage.incarnation:
             storage.close(sync=False)
@@ -489,10 +490,6 @@ class RaftNode:
         rec = storage.recovered
         opts = self.options
         snapshot = rec.initial_snapshot()
-        if snapshot is None:
-            base = await trio.to_thread.run_sync(_load_base, opts.data_dir, rec.incarnation)
-            if base is not None:
-                snapshot = Snapshot(SnapshotMeta(0, 0, base), b"")
         config = Config(
             id=self.id, election_tick=opts.election_tick, heartbeat_tick=opts.heartbeat_tick
         )
@@ -1034,14 +1031,10 @@ class RaftNode:
         # 1. Persist: snapshot, entries, hard state, then one flush.
         if rd.snapshot is not None and rd.snapshot.meta.index == 0:
             # A node that started with no configuration learned the cluster's
-            # initial membership; storage keeps no index-0 snapshot, see _save_base.
-            await trio.to_thread.run_sync(
-                _save_base,
-                self.options.data_dir,
-                self._incarnation,
-                rd.snapshot.meta.conf,
-                not self.options.unsafe_no_fsync,
-            )
+            # initial membership.  Without it on disk, a restarted joiner would
+            # rebuild its membership from its log's changes alone (after
+            # "promote 4": voters {4}) and could elect itself.
+            await trio.to_thread.run_sync(storage.adopt_bootstrap, rd.snapshot.meta.conf)
         elif rd.snapshot is not None:
             # Durable on return; discards the old log (the core already did).
             await trio.to_thread.run_sync(storage.save_snapshot, rd.snapshot)
@@ -1231,47 +1224,6 @@ class RaftNode:
             )
         finally:
             self._saving_snapshot = False
-
-
-# The membership a node that joined with an empty directory learned from the
-# leader (an index-0 snapshot).  Storage.save_snapshot accepts only index >= 1
-# and META's bootstrap is fixed at creation, so without this file a restarted
-# joiner would rebuild its membership from its log's changes alone (after
-# "promote 4": voters {4}) and could elect itself.  The file names the storage
-# incarnation it belongs to, so a stale one in a wiped directory is ignored.
-_BASE_FILE: Final = "BASE-MEMBERSHIP"
-_BASE_FORMAT: Final = 1
-
-
-def _save_base(data_dir: Path, incarnation: int, conf: ConfState, fsync: bool) -> None:
-    payload: bytes = msgpack.packb((_BASE_FORMAT, incarnation, conf.voters, conf.learners))
-    record = zlib.crc32(payload).to_bytes(4, "big") + payload
-    atomic_write(data_dir / _BASE_FILE, record, Syncer(enabled=fsync))
-
-
-def _load_base(data_dir: Path, incarnation: int) -> ConfState | None:
-    path = data_dir / _BASE_FILE
-    try:
-        record = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CorruptLog(f"cannot read {path}: {exc}") from exc
-    payload = record[4:]
-    try:
-        if len(record) < 4 or zlib.crc32(payload).to_bytes(4, "big") != record[:4]:
-            raise ValueError("checksum mismatch")
-        version, owner, voters, learners = msgpack.unpackb(payload)
-        if version != _BASE_FORMAT:
-            raise ValueError(f"unknown format {version!r}")
-        conf = ConfState(tuple((n, i) for n, i in voters), tuple((n, i) for n, i in learners))
-        validate_conf(conf, str(path))
-    except (ValueError, TypeError, RaftError, msgpack.UnpackException) as exc:
-        raise CorruptLog(f"{path} is damaged: {exc}") from exc
-    if owner != incarnation:
-        log.warning("ignoring %s: it belongs to another incarnation of this directory", path)
-        return None
-    return conf
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

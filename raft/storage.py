@@ -3,7 +3,8 @@
 Directory layout (see docs/storage.md for formats and the recovery rules)::
 
     <path>/LOCK     flock()ed while open: one Storage per directory
-    <path>/META     incarnation, WAL key, bootstrap membership (written once)
+    <path>/META     incarnation, WAL key, bootstrap membership (written at creation,
+                    or once by adopt_bootstrap for a directory created without one)
     <path>/wal/     segments, see raft.wal
     <path>/snap/    snapshot files, see raft.snapshots
 
@@ -669,6 +670,31 @@ class Storage:
         """
         self._check_open()
         self._wal.sync()
+
+    def adopt_bootstrap(self, conf: ConfState) -> None:
+        """Record ``conf`` durably as the initial membership of a directory that
+        was created without one: what a node joining with an empty directory
+        learns from the leader's index-0 snapshot.  From the next
+        :meth:`open` on, ``recovered.bootstrap`` (and so
+        ``initial_snapshot()``) names it.
+
+        META is rewritten atomically (temporary file, flush, rename, directory
+        flush), so a crash leaves the old or the new one.  Adopting the
+        membership already recorded does nothing; another one raises
+        BootstrapMismatch.  Blocking (run it in a worker thread)."""
+        validate_conf(conf, "bootstrap")
+        with self._snap_lock:
+            self._check_open()
+            current = self._meta.bootstrap
+            if current is not None:
+                if current != conf:
+                    raise BootstrapMismatch(
+                        f"{self._path} already has bootstrap {current}, not {conf}"
+                    )
+                return
+            meta = _Meta(self._meta.incarnation, self._meta.key, conf)
+            atomic_write(self._path / "META", _encode_meta(meta), self._syncer)
+            self._meta = meta
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store ``snapshot`` durably and compact behind it.

@@ -35,6 +35,7 @@ from raft.errors import (
     RaftError,
     RequestTimeout,
     StateMachineFailed,
+    StorageError,
 )
 from raft.runtime import NodeOptions, RaftNode, shutdown_on_signals
 from raft.statemachine import StateMachine
@@ -556,6 +557,8 @@ async def test_membership_add_learner_promote_and_remove_while_writing(
                 # one it learned from the leader plus its log's changes), not just
                 # the changes in its log: those alone would make it a lone voter.
                 await c.crash(4)
+                with Storage.open(tmp_path / "n4") as storage:
+                    assert storage.recovered.bootstrap is not None  # adopted from the leader
                 newcomer = await c.start(4)
                 assert newcomer.status()["voters"] == [1, 2, 3, 4]
                 await writer.wait_acked(len(writer.acked) + 10)
@@ -657,6 +660,19 @@ async def test_bad_requests_get_typed_errors(tmp_path: Path, tls: dict[int, Tls]
             # An incarnation the core would refuse on the wire cannot be stored at all.
             with pytest.raises(InvalidStorageInput, match="2\\*\\*63"):
                 create_storage(tmp_path / "n3", None, 2**63 + 5)
+
+            # A joiner's directory from before storage kept the learned membership:
+            # starting it would rebuild the membership from its log alone.
+            create_storage(tmp_path / "n4", None, 8)
+            (tmp_path / "n4" / "BASE-MEMBERSHIP").write_bytes(b"from an earlier version")
+            old = RaftNode(
+                replace(good, id=4, data_dir=tmp_path / "n4", unsafe_no_fsync=True),
+                KV(),
+                tls[4].server,
+                tls[4].client,
+            )
+            with pytest.raises(StorageError, match="BASE-MEMBERSHIP"):
+                await old.run()
 
 
 async def test_a_failing_state_machine_stops_the_node(tmp_path: Path, tls: dict[int, Tls]) -> None:

@@ -83,6 +83,44 @@ def test_bootstrap_mismatch_on_reopen(tmp_path: Path) -> None:
     Storage.open(d).close()
 
 
+def test_a_joiner_adopts_the_bootstrap_it_learned_once_and_durably(tmp_path: Path) -> None:
+    d = tmp_path / "n"
+    with Storage.open(d) as s:
+        s.append(ents(1, 2))
+        s.sync()
+        s.adopt_bootstrap(CONF)
+        assert s.bootstrap == CONF
+        assert s.recovered.bootstrap is None  # what open() found, unchanged
+        s.adopt_bootstrap(CONF)  # the same again: nothing to do
+        with pytest.raises(BootstrapMismatch):
+            s.adopt_bootstrap(ConfState(voters=((1, 0xAA),)))
+        with pytest.raises(InvalidStorageInput):
+            s.adopt_bootstrap(ConfState(voters=((1, 2), (1, 3))))
+    with Storage.open(d) as s:
+        assert s.recovered.bootstrap == CONF
+        assert s.recovered.initial_snapshot() == Snapshot(SnapshotMeta(0, 0, CONF), b"")
+        assert [e.index for e in s.recovered.entries] == [1, 2]
+    with pytest.raises(BootstrapMismatch):
+        Storage.open(d, bootstrap=ConfState(voters=((1, 0xAA),)))
+    # A directory created with a bootstrap keeps it.
+    with Storage.open(tmp_path / "m", bootstrap=CONF) as s, pytest.raises(BootstrapMismatch):
+        s.adopt_bootstrap(ConfState(voters=((1, 0xAA),)))
+
+
+def test_adopting_leaves_the_old_or_the_new_meta_after_a_crash(tmp_path: Path) -> None:
+    d = tmp_path / "n"
+    Storage.open(d).close()
+    before = (d / "META").read_bytes()
+    # A crash after the temporary file was written but before the rename.
+    (d / "META.tmp").write_bytes(b"half a new META")
+    with Storage.open(d) as s:
+        assert s.recovered.bootstrap is None and (d / "META").read_bytes() == before
+        assert not (d / "META.tmp").exists()
+        s.adopt_bootstrap(CONF)
+    with Storage.open(d) as s:
+        assert s.recovered.bootstrap == CONF
+
+
 def test_cluster_init_can_choose_the_incarnation(tmp_path: Path) -> None:
     """Initialization writes a bootstrap naming every node's incarnation before the
     nodes' directories exist, so it may hand each node the incarnation to record."""
