@@ -56,11 +56,14 @@ class TLSStream(trio.abc.Stream):
         server_side: bool = False,
         server_hostname: str | None = None,
     ) -> TLSStream:
-        """Take over ``tcp``'s socket (``tcp`` must not be used afterwards)."""
-        fd = tcp.socket.detach()
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
+        """Take over ``tcp``'s socket (``tcp`` must not be used afterwards).  If the
+        socket cannot be taken over it is closed, and BrokenResourceError says why."""
         try:
+            sock = socket.socket(fileno=tcp.socket.detach())
+        except (OSError, ValueError) as exc:  # closed already (ValueError: fd -1)
+            raise trio.BrokenResourceError(f"cannot take over the socket: {exc}") from exc
+        try:
+            sock.setblocking(False)
             tls = context.wrap_socket(
                 sock,
                 server_side=server_side,
@@ -70,8 +73,10 @@ class TLSStream(trio.abc.Stream):
                 # (as in trio.SSLStream), not a normal end: it may be a truncation.
                 suppress_ragged_eofs=False,
             )
-        except BaseException:
+        except BaseException as exc:
             sock.close()
+            if isinstance(exc, OSError):
+                raise trio.BrokenResourceError(f"cannot start TLS: {exc}") from exc
             raise
         return cls(tls)
 

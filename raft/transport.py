@@ -424,13 +424,10 @@ class Transport:
         host, port = peer.address
         with trio.fail_after(self._connect_timeout):
             tcp = await trio.open_tcp_stream(host, port)
+        stream: TLSStream | None = None
         try:
             _enable_keepalive(tcp)
             stream = TLSStream.wrap(tcp, self._client_ctx, server_hostname=host)
-        except BaseException:
-            await trio.aclose_forcefully(tcp)
-            raise
-        try:
             with trio.fail_after(self._handshake_timeout):
                 await stream.do_handshake()
             der = stream.getpeercert(binary_form=True)
@@ -443,7 +440,7 @@ class Transport:
             if remote != peer.id:
                 raise PeerRejected(f"expected node {peer.id}, its certificate names {remote}")
         except BaseException:
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(tcp if stream is None else stream)
             raise
         return stream
 
@@ -566,22 +563,11 @@ class Transport:
             )
             await trio.aclose_forcefully(tcp)
             return
-        try:
-            _enable_keepalive(tcp)
-            stream = TLSStream.wrap(tcp, self._server_ctx, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            self._handshake_slots.release()
-            self._reject(
-                "handshake_failures",
-                "node %d: cannot start TLS with %s: %s",
-                self.node_id,
-                where,
-                _describe(exc),
-            )
-            await trio.aclose_forcefully(tcp)
-            return
+        stream: TLSStream | None = None
         try:
             try:
+                _enable_keepalive(tcp)
+                stream = TLSStream.wrap(tcp, self._server_ctx, server_side=True)
                 with trio.fail_after(self._handshake_timeout):
                     await stream.do_handshake()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
@@ -620,7 +606,7 @@ class Transport:
                 return
             await self._serve_peer(remote, stream, where)
         finally:
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(tcp if stream is None else stream)
 
     async def _serve_peer(self, remote: NodeId, stream: TLSStream, where: str) -> None:
         # A peer dials one connection to us, so a new one usually means it
@@ -665,26 +651,25 @@ class Transport:
             finally:
                 if self._inbound.get(remote) is scope:
                     del self._inbound[remote]
-                waiting = self._unproven.get(remote)
-                if waiting is not None and scope in waiting:
-                    waiting.remove(scope)
-                    if not waiting:
-                        del self._unproven[remote]
+                self._forget_unproven(remote, scope)
         if scope.cancelled_caught:
             log.info("node %d: closed a connection from peer %d (%s)", self.node_id, remote, where)
 
     def _prove(self, remote: NodeId, scope: trio.CancelScope) -> None:
         """``scope``'s connection delivered a valid message: it becomes the one
         that carries ``remote``'s messages, and the one it replaces is closed."""
+        self._forget_unproven(remote, scope)
+        previous = self._inbound.get(remote)
+        if previous is not None and previous is not scope:
+            previous.cancel()
+        self._inbound[remote] = scope
+
+    def _forget_unproven(self, remote: NodeId, scope: trio.CancelScope) -> None:
         waiting = self._unproven.get(remote)
         if waiting is not None and scope in waiting:
             waiting.remove(scope)
             if not waiting:
                 del self._unproven[remote]
-        previous = self._inbound.get(remote)
-        if previous is not None and previous is not scope:
-            previous.cancel()
-        self._inbound[remote] = scope
 
     async def _receive_loop(
         self, remote: NodeId, stream: TLSStream, scope: trio.CancelScope

@@ -492,16 +492,10 @@ class Service:
             self.stats.connections_refused += 1
             await trio.aclose_forcefully(tcp)
             return
-        try:
-            stream = TLSStream.wrap(tcp, self._ssl, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            self._connections.release()
-            self.stats.handshake_failures += 1
-            log.info("client TLS setup failed: %s", exc)
-            await trio.aclose_forcefully(tcp)
-            return
+        stream: TLSStream | None = None
         try:
             try:
+                stream = TLSStream.wrap(tcp, self._ssl, server_side=True)
                 with trio.fail_after(_HANDSHAKE_TIMEOUT):
                     await stream.do_handshake()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
@@ -519,7 +513,7 @@ class Service:
             log.exception("client connection failed unexpectedly")
         finally:
             self._connections.release()
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(tcp if stream is None else stream)
 
     async def _serve(self, stream: TLSStream) -> None:
         conn = _ClientConnection(self._max_inflight)

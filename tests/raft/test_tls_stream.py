@@ -3,6 +3,7 @@ against trio.SSLStream (what the admin client and other tools still use)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -216,6 +217,23 @@ async def test_a_failed_handshake_closes_in_order_despite_unread_input(
         while data := await client.receive_some():
             assert not data.startswith(b"GET")
         await client.aclose()
+
+
+@pytest.mark.parametrize("how", ["closed", "fd closed behind its back"])
+async def test_a_socket_that_cannot_be_taken_over_is_a_broken_resource(
+    tls: dict[str, Side], how: str
+) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    tcp = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+    if how == "closed":
+        await tcp.aclose()
+    else:
+        os.close(tcp.socket.fileno())
+    with pytest.raises(trio.BrokenResourceError, match="cannot take over"):
+        TLSStream.wrap(tcp, tls["b"].client, server_hostname="127.0.0.1")
+    listener.close()
 
 
 @pytest.mark.parametrize("op", ["send", "receive"])
