@@ -314,15 +314,6 @@ class ProposalBatcher:
             raise error
         return results[0]
 
-    def submit_nowait(self, command: bytes, done: Done) -> None:
-        """Queue one command; ``done(result, error)`` is called once its entry is
-        applied or failed.  Needs :meth:`run` running."""
-
-        def one(results: list[object] | None, error: BaseException | None) -> None:
-            done(None if results is None else results[0], error)
-
-        self.submit_many([command], one)
-
     def submit_many(self, commands: list[bytes], done: GroupDone) -> None:
         """Queue a group of commands for one entry; ``done(results, None)`` with one
         result per command once it is applied, or ``done(None, error)``, exactly

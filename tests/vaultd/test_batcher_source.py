@@ -42,11 +42,15 @@ async def test_the_node_takes_packed_entries_and_answers_each_command() -> None:
     node = PullingNode()
     batcher = ProposalBatcher(node, max_commands=3, max_bytes=1 << 20)
     answers: list[tuple[object, BaseException | None]] = []
+
+    def one_command(results: list[object] | None, error: BaseException | None) -> None:
+        answers.append((None if results is None else results[0], error))
+
     async with trio.open_nursery() as nursery:
         await nursery.start(batcher.run)
         assert node.source is batcher
         for _ in range(7):
-            batcher.submit_nowait(incr(), lambda r, e: answers.append((r, e)))
+            batcher.submit_many([incr()], one_command)
         assert node.announced == 1  # once, when the queue stopped being empty
         entries = node.take()
         assert [e[0][0] for e in entries] == [TAG_BATCH, TAG_BATCH, TAG_APP]
@@ -59,8 +63,8 @@ async def test_the_node_takes_packed_entries_and_answers_each_command() -> None:
         assert all(isinstance(e, raft_errors.NotLeader) for _, e in answers[3:6])
         assert answers[6] == (7, None)
         # A result that is not one per command (a bad batch) answers all alike.
-        batcher.submit_nowait(incr(), lambda r, e: answers.append((r, e)))
-        batcher.submit_nowait(incr(), lambda r, e: answers.append((r, e)))
+        batcher.submit_many([incr()], one_command)
+        batcher.submit_many([incr()], one_command)
         assert node.announced == 2
         [(_, done)] = node.take()
         done("bad batch", None)
@@ -88,7 +92,7 @@ async def test_commands_still_queued_when_the_batcher_stops_fail() -> None:
     answers: list[BaseException | None] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(batcher.run)
-        batcher.submit_nowait(incr(), lambda r, e: answers.append(e))
+        batcher.submit_many([incr()], lambda r, e: answers.append(e))
         nursery.cancel_scope.cancel()
     assert len(answers) == 1 and isinstance(answers[0], raft_errors.NodeStopped)
 
